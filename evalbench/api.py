@@ -1,0 +1,209 @@
+"""``evaluate``: the one entry point the CLI and notebooks share.
+
+For each (model, task): decide which modes still need running, load the task's data, extract
+image features once per split, run zero-shot and the linear probe on them, write the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import evalbench
+from evalbench.data import MappedDataset, TaskData, load_task_data
+from evalbench.errors import EvalbenchError
+from evalbench.features import extract_features
+from evalbench.metrics import classification_metrics
+from evalbench.models import load_model, parse_model_spec
+from evalbench.models.base import ModelAdapter, ModelSpec
+from evalbench.probe import linear_probe
+from evalbench.records import MODES, SCHEMA_VERSION, read_record, record_path, write_record
+from evalbench.tasks.loader import Task, TaskRegistry
+from evalbench.zeroshot import build_zeroshot_classifier, zeroshot_scores
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("EVALBENCH_CACHE"):
+        return Path(os.environ["EVALBENCH_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "evalbench"
+
+
+@dataclass
+class RunConfig:
+    modes: tuple[str, ...] = MODES
+    results_dir: Path = Path("results")
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    batch_size: int = 64
+    workers: int = 0
+    device: str = "auto"
+    limit: int | None = None
+    overwrite: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EvalbenchError(f"--device: {name} requested but CUDA is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise EvalbenchError(f"--device: unknown device '{name}' (use auto, cpu or cuda)") from None
+
+
+def record_mismatch(record: dict, spec: ModelSpec, task: Task, config: RunConfig) -> list[str]:
+    """How an existing record differs from this run's model spec, task hash and ``--limit``."""
+    mismatch = []
+    if record["model"]["spec"] != spec.spec:
+        mismatch.append(f"model spec {record['model']['spec']!r}")
+    if record["task"]["hash"] != task.hash:
+        mismatch.append(f"task hash {record['task']['hash']} (the task file changed)")
+    if record["task"].get("limit") != config.limit:
+        mismatch.append(f"--limit {record['task'].get('limit')}")
+    return mismatch
+
+
+def pending_modes(record: dict | None, spec: ModelSpec, task: Task, config: RunConfig) -> list[str]:
+    """Modes of ``config.modes`` that the existing record lacks. A record made for another model
+    spec, task hash or ``--limit`` is an error unless ``--overwrite``: results are never replaced
+    silently."""
+    if record is None or config.overwrite:
+        return list(config.modes)
+    mismatch = record_mismatch(record, spec, task, config)
+    if mismatch:
+        path = record_path(config.results_dir, spec.slug, task.name)
+        raise EvalbenchError(f"{path}: holds results for {', '.join(mismatch)}; pass --overwrite to replace them")
+    return [m for m in config.modes if m not in record.get("results", {})]
+
+
+def _roles(task: Task, modes: list[str]) -> list[str]:
+    return ["train", "val", "test"] if "linear_probe" in modes else ["test"]
+
+
+def _features(model: ModelAdapter, data: TaskData, config: RunConfig, task: Task) -> dict[str, tuple]:
+    """(features, labels) per role, each source split encoded once."""
+    out = {}
+    for split_name, split in data.sources.items():
+        views = {role: v for role, v in data.views.items() if v.source_split == split_name}
+        rows = np.unique(np.concatenate([v.indices for v in views.values()]))
+        feats, labels = extract_features(
+            model,
+            MappedDataset(split, rows, data.mappings[split_name]),
+            batch_size=config.batch_size,
+            workers=config.workers,
+            desc=f"{task.name}/{split_name}",
+            progress=config.progress,
+        )
+        for role, view in views.items():
+            pos = np.searchsorted(rows, view.indices)
+            out[role] = (feats[pos], labels[pos])
+    return out
+
+
+def run_task(model: ModelAdapter, task: Task, modes: list[str], config: RunConfig) -> dict:
+    """Results per mode for one (model, task)."""
+    data = load_task_data(task, _roles(task, modes), config.cache_dir, config.limit, config.seed)
+    if "zeroshot" in modes and not data.templates:
+        raise EvalbenchError(f"{task.path}: templates: missing, and the data ships none (zero-shot needs them)")
+    feats = _features(model, data, config, task)
+    n_classes, metric = len(data.classnames), task.spec.main_metric
+    results = {}
+    if "zeroshot" in modes:
+        start = time.perf_counter()
+        classifier = build_zeroshot_classifier(model, data.classnames, data.templates, progress=config.progress)
+        x, y = feats["test"]
+        results["zeroshot"] = classification_metrics(y, zeroshot_scores(x, classifier), metric)
+        results["zeroshot"].update(n=len(y), duration_s=round(time.perf_counter() - start, 3))
+    if "linear_probe" in modes:
+        start = time.perf_counter()
+        results["linear_probe"] = linear_probe(
+            feats["train"], feats["val"], feats["test"], n_classes, metric, progress=config.progress
+        )
+        results["linear_probe"]["duration_s"] = round(time.perf_counter() - start, 3)
+    return results
+
+
+def _provenance(device: torch.device, config: RunConfig, started: float) -> dict:
+    import open_clip
+
+    return {
+        "evalbench": evalbench.__version__,
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "seed": config.seed,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - started, 3),
+    }
+
+
+def evaluate(
+    models: list[str], tasks: list[str], config: RunConfig, registry: TaskRegistry | None = None
+) -> list[Path]:
+    """Run ``config.modes`` for every (model, task); return the paths of the records touched.
+
+    Everything is validated before any model loads: task files, model spec syntax, duplicate
+    names. Finished (model, task, mode) triples are skipped unless ``config.overwrite``.
+    """
+    registry = registry or TaskRegistry()
+    specs = [parse_model_spec(m) for m in models]
+    slugs = [s.slug for s in specs]
+    if len(set(slugs)) != len(slugs):
+        dup = next(s for s in slugs if slugs.count(s) > 1)
+        raise EvalbenchError(f"--model: two models share the name '{dup}'; give one a name with NAME=SPEC")
+    task_objs = [registry.get(t) for t in dict.fromkeys(tasks)]
+    device = resolve_device(config.device)
+    written = []
+    for spec in specs:
+        model = None
+        for task in task_objs:
+            path = record_path(config.results_dir, spec.slug, task.name)
+            existing = read_record(path)
+            todo = pending_modes(existing, spec, task, config)
+            if "linear_probe" in todo and task.spec.splits.train is None:
+                log.info("%s: no train split, skipping the linear probe", task.name)
+                todo.remove("linear_probe")
+            if not todo:
+                log.info("%s / %s: done already (%s); --overwrite reruns", spec.name, task.name, path)
+                written.append(path)
+                continue
+            if model is None:
+                model = load_model(spec, device)
+            started = time.perf_counter()
+            log.info("%s / %s: %s", spec.name, task.name, ", ".join(todo))
+            results = run_task(model, task, todo, config)
+            # Modes not rerun stay, unless they were computed for something else.
+            same = existing is not None and not record_mismatch(existing, spec, task, config)
+            keep = existing["results"] if same else {}
+            record = {
+                "schema_version": SCHEMA_VERSION,
+                "model": {"name": spec.name, "spec": spec.spec, "fingerprint": model.fingerprint},
+                "task": {
+                    "name": task.name,
+                    "version": task.spec.version,
+                    "hash": task.hash,
+                    "main_metric": task.spec.main_metric,
+                    "limit": config.limit,
+                    "config": task.resolved,
+                },
+                "results": {**keep, **results},
+                "provenance": _provenance(device, config, started),
+            }
+            write_record(path, record)
+            written.append(path)
+        del model
+    return written

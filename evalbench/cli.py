@@ -1,0 +1,238 @@
+"""Command line: argument parsing only; the work happens in evalbench.api and friends."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from evalbench.errors import EvalbenchError
+
+log = logging.getLogger("evalbench")
+
+DEFAULT_MODELS = ["demo-early", "demo-final"]
+DEFAULT_SUITE = "offline"
+
+
+def _csv(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _sub(subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name, help=help, description=f"{help}\n\nexample:\n  {example}", formatter_class=_Formatter
+    )
+
+
+def _add_tasks_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tasks-dir", action="append", default=[], metavar="DIR", help="extra folder of task YAML files (repeatable)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evalbench",
+        description="Zero-shot and linear-probe evaluation of CLIP-like models.\n\n"
+        "example:\n  evalbench run --model ViT-B-32@laion2b_s34b_b79k --tasks cifar10",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = _sub(
+        sub,
+        "run",
+        "evaluate models on tasks (defaults: the bundled demo models on the offline suite)",
+        "evalbench run --model ViT-B-32@laion2b_s34b_b79k --model hf:openai/clip-vit-base-patch32 --suite quick",
+    )
+    run.add_argument(
+        "--model",
+        action="append",
+        metavar="SPEC",
+        help="[NAME=]ARCH, ARCH@TAG, ARCH@PATH, or a bundled name (demo-final); repeatable",
+    )
+    run.add_argument("--tasks", action="append", metavar="A,B", help="task names or .yaml paths, comma-separated")
+    run.add_argument("--suite", action="append", metavar="NAME", help="a suite from tasks/suites/ (repeatable)")
+    _add_tasks_dir(run)
+    run.add_argument("--mode", default="zeroshot,linear_probe", help="zeroshot, linear_probe, or both")
+    run.add_argument("--results-dir", type=Path, default=Path("results"), help="where records are written")
+    run.add_argument("--cache-dir", type=Path, default=None, help="cache for generated data ($EVALBENCH_CACHE)")
+    run.add_argument("--batch-size", type=_positive_int, default=64)
+    run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--limit", type=_positive_int, default=None, help="evaluate at most N images per split")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--overwrite", action="store_true", help="recompute and replace existing records")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    tasks = _sub(sub, "tasks", "list, show and validate tasks", "evalbench tasks list 'imagenet*'")
+    tasks_sub = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
+    t_list = _sub(tasks_sub, "list", "list tasks, optionally matching a wildcard", "evalbench tasks list 'shapes-*'")
+    t_list.add_argument("pattern", nargs="?", default=None)
+    _add_tasks_dir(t_list)
+    t_show = _sub(tasks_sub, "show", "print a task's YAML after includes are merged", "evalbench tasks show digits")
+    t_show.add_argument("name")
+    _add_tasks_dir(t_show)
+    t_val = _sub(tasks_sub, "validate", "check task files or folders of them", "evalbench tasks validate tasks/")
+    t_val.add_argument("paths", nargs="+", type=Path)
+
+    models = _sub(sub, "models", "list model architectures and tags", "evalbench models list 'ViT-B-*'")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    m_list = _sub(models_sub, "list", "open_clip architectures with their pretrained tags", "evalbench models list 'ViT-*'")
+    m_list.add_argument("pattern", nargs="?", default=None)
+
+    report = _sub(sub, "report", "tables of results", "evalbench report --format md --output results.md")
+    report.add_argument("--results-dir", type=Path, default=Path("results"))
+    report.add_argument("--format", default="md", choices=["md", "csv", "latex"])
+    report.add_argument("--output", type=Path, default=None, help="write here instead of standard output")
+    _add_tasks_dir(report)
+    return parser
+
+
+def cmd_run(args) -> int:
+    from evalbench.api import RunConfig, default_cache_dir, evaluate
+    from evalbench.records import MODES
+    from evalbench.report import load_records, render
+    from evalbench.tasks.loader import TaskRegistry
+
+    registry = TaskRegistry(args.tasks_dir)
+    modes = tuple(_csv([args.mode]))
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise EvalbenchError(f"--mode: unknown mode '{unknown[0] if unknown else ''}' (use {', '.join(MODES)})")
+    tasks = _csv(args.tasks)
+    for suite in args.suite or []:
+        tasks += registry.suite(suite).tasks
+    if not tasks:
+        tasks = registry.suite(DEFAULT_SUITE).tasks
+        log.info("no --tasks or --suite: running the '%s' suite", DEFAULT_SUITE)
+    models = args.model or DEFAULT_MODELS
+    if not args.model:
+        log.info("no --model: running the bundled checkpoints %s", ", ".join(DEFAULT_MODELS))
+    config = RunConfig(
+        modes=modes,
+        results_dir=args.results_dir,
+        cache_dir=args.cache_dir or default_cache_dir(),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        limit=args.limit,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        progress=not args.no_progress and not args.quiet,
+    )
+    paths = evaluate(models, tasks, config, registry)
+    print(render(load_records(paths=paths), registry.suites(), "md"))
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    import yaml
+
+    from evalbench.tasks.loader import TaskFileError, TaskRegistry, is_task_file, load_task_file
+
+    if args.tasks_command == "list":
+        registry = TaskRegistry(args.tasks_dir)
+        names = registry.names(args.pattern)
+        if not names:
+            print(f"no tasks match {args.pattern!r}" if args.pattern else "no tasks")
+            return 0
+        width = max(map(len, names))
+        for name in names:
+            task = registry.get(name)
+            print(f"{name:<{width}}  v{task.spec.version:<4} {task.spec.description}")
+        return 0
+    if args.tasks_command == "show":
+        task = TaskRegistry(args.tasks_dir).get(args.name)
+        print(f"# {task.path}\n" + yaml.safe_dump(task.resolved, sort_keys=False, allow_unicode=True), end="")
+        return 0
+    files: list[Path] = []
+    problems: list[str] = []
+    for path in args.paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.y*ml") if is_task_file(p.relative_to(path)))
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(f"{path}: not found")
+    for f in files:
+        try:
+            load_task_file(f)
+        except TaskFileError as e:
+            problems += e.problems
+        except EvalbenchError as e:
+            problems.append(str(e))
+    for line in problems:
+        print(line)
+    if problems:
+        return 2
+    print(f"{len(files)} task file(s) valid")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from evalbench.models import BUNDLED
+    from evalbench.models.openclip import list_models
+
+    for name in BUNDLED:
+        if args.pattern is None or __import__("fnmatch").fnmatch(name, args.pattern):
+            print(f"{name}  (bundled, offline)")
+    for arch, tags in list_models(args.pattern):
+        print(f"{arch}  {', '.join(tags) if tags else '(random weights only)'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from evalbench.report import load_records, render
+    from evalbench.tasks.loader import TaskRegistry
+
+    text = render(load_records(args.results_dir), TaskRegistry(args.tasks_dir).suites(), args.format)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+        log.info("wrote %s", args.output)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "tasks": cmd_tasks, "models": cmd_models, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("evalbench: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    log.propagate = False
+    if args.command is None:
+        args = parser.parse_args(["run", *(argv or sys.argv[1:])])
+    try:
+        return COMMANDS[args.command](args)
+    except EvalbenchError as e:
+        if args.debug:
+            raise
+        print(f"evalbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evalbench: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can make (bad YAML, unknown model, missing data)."""
+
+
+class EvalbenchError(Exception):
+    """A user-facing error. The CLI prints its message as one line and exits with code 2.
+
+    The message names the file and field at fault where there is one, e.g.
+    ``tasks/cifar10.yaml: splits.test: field required``.
+    """

@@ -1,0 +1,68 @@
+"""Reading weight files without executing pickled code, and loading them into a module."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import torch
+
+from evalbench.errors import EvalbenchError
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file or a ``torch.save`` file, read with ``weights_only=True``.
+
+    Accepts a bare state_dict, or a dict holding one under ``state_dict`` or ``model``; strips the
+    ``module.`` prefix that DataParallel/DDP add. Raises EvalbenchError for a file that is missing,
+    not a checkpoint, or a pickle that would run code.
+    """
+    if not path.is_file():
+        raise EvalbenchError(f"--model: checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EvalbenchError(
+            f"--model: {path}: refused to load: the file holds pickled objects other than tensors "
+            f"(loading it could run code). Re-save it as a plain state_dict or safetensors. ({first[:160]})"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any parse failure is a bad checkpoint for the user
+        raise EvalbenchError(f"--model: {path}: not a readable checkpoint: {type(e).__name__}: {e}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EvalbenchError(f"--model: {path}: expected a state_dict of tensors")
+    prefix = "module."
+    if state and all(k.startswith(prefix) for k in state):
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load ``state`` strictly; on mismatch, name the first missing and unexpected keys."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
+        raise EvalbenchError(f"--model: {path}: weights do not fit the architecture: {'; '.join(parts)}")

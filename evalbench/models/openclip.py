@@ -1,0 +1,104 @@
+"""open_clip models: ``ARCH``, ``ARCH@TAG``, ``ARCH@PATH``; ARCH may be a model-config JSON file."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+
+from evalbench.errors import EvalbenchError
+from evalbench.models.base import ModelSpec
+from evalbench.models.checkpoint import CHECKPOINT_SUFFIXES, file_digest, load_into, read_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def _register_arch(arch: str) -> str:
+    """The open_clip model name for ``arch``: registers a config JSON path under its file stem."""
+    import open_clip
+
+    if arch.endswith(".json"):
+        path = Path(arch)
+        if not path.is_file():
+            raise EvalbenchError(f"--model: model config not found: {path}")
+        open_clip.add_model_config(path)
+        return path.stem
+    if arch not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if arch.lower() in m.lower()][:5]
+        hint = f" (did you mean: {', '.join(close)}?)" if close else " (see `evalbench models list`)"
+        raise EvalbenchError(f"--model: unknown open_clip architecture '{arch}'{hint}")
+    return arch
+
+
+def _is_path(weights: str) -> bool:
+    return weights.endswith(CHECKPOINT_SUFFIXES) or "/" in weights or Path(weights).exists()
+
+
+def _offline_cause(exc: BaseException) -> bool:
+    seen = exc
+    while seen is not None:
+        name = type(seen).__name__
+        if name in {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectionError", "MaxRetryError"}:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class OpenClipAdapter:
+    def __init__(self, spec: ModelSpec, device: torch.device):
+        import open_clip
+
+        self.spec = spec
+        self.device = device
+        arch, _, weights = spec.target.partition("@")
+        model_name = _register_arch(arch)
+        config_digest = hashlib.sha256(repr(open_clip.get_model_config(model_name)).encode()).hexdigest()[:16]
+        if weights and _is_path(weights):
+            path = Path(weights).expanduser()
+            state = read_state_dict(path)
+            model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
+            load_into(model, state, path)
+            self.fingerprint = f"{config_digest}-{file_digest(path)}"
+        elif weights:
+            tags = open_clip.list_pretrained_tags_by_model(model_name)
+            if weights not in tags:
+                raise EvalbenchError(
+                    f"--model: unknown pretrained tag '{weights}' for {model_name} (known: {', '.join(tags) or 'none'})"
+                )
+            try:
+                model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights)
+            except Exception as e:  # noqa: BLE001
+                if _offline_cause(e):
+                    raise EvalbenchError(
+                        f"--model: {spec.target}: weights are not in the local cache and the hub cannot be reached "
+                        "(offline). Run once with network access, unset HF_HUB_OFFLINE, or pass ARCH@/path/to/weights."
+                    ) from None
+                raise
+            self.fingerprint = hashlib.sha256(f"open_clip:{model_name}@{weights}".encode()).hexdigest()[:16]
+        else:
+            log.warning("model %s has random weights (no @TAG or @PATH): numbers are meaningless", spec.name)
+            torch.manual_seed(0)  # random weights, but the same ones every run
+            model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
+            self.fingerprint = f"{config_digest}-random0"
+        self.model = model.to(device).eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels.to(self.device, non_blocking=True)).float()
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
+
+
+def list_models(pattern: str | None = None) -> list[tuple[str, list[str]]]:
+    """(architecture, pretrained tags) pairs, optionally filtered by an fnmatch pattern."""
+    import fnmatch
+
+    import open_clip
+
+    names = open_clip.list_models()
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return [(n, open_clip.list_pretrained_tags_by_model(n)) for n in names]

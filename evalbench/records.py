@@ -1,0 +1,59 @@
+"""Result records: one JSON file per (model, task), written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from evalbench.errors import EvalbenchError
+
+SCHEMA_VERSION = 1
+MODES = ("zeroshot", "linear_probe")
+
+
+def record_path(results_dir: Path, model_slug: str, task_name: str) -> Path:
+    return Path(results_dir) / model_slug / f"{task_name}.json"
+
+
+def read_record(path: Path) -> dict | None:
+    """The record at ``path``, None if there is none; EvalbenchError if it is not a record."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EvalbenchError(f"{path}: not a valid result record ({e}); move it away or pass --overwrite") from None
+    if not isinstance(record, dict) or "schema_version" not in record:
+        raise EvalbenchError(f"{path}: schema_version: missing; not an evalbench record")
+    if record["schema_version"] > SCHEMA_VERSION:
+        raise EvalbenchError(
+            f"{path}: schema_version: {record['schema_version']} is newer than this evalbench reads ({SCHEMA_VERSION})"
+        )
+    return record
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Write JSON to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def iter_records(results_dir: Path):
+    """Every record under ``results_dir`` (``*/*.json``), in a stable order."""
+    for path in sorted(Path(results_dir).glob("*/*.json")):
+        record = read_record(path)
+        if record is not None:
+            yield path, record

@@ -1,0 +1,116 @@
+"""Hugging Face datasets: a hub id (pinned by ``revision``) or a local folder.
+
+A local folder may be a ``save_to_disk`` folder or anything ``load_dataset`` reads (parquet files,
+an imagefolder). Label names come from a ``ClassLabel`` column, or from the distinct values of a
+string label column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from evalbench.errors import EvalbenchError
+from evalbench.sources.base import SourceConfig, SplitData
+
+
+class HFConfig(SourceConfig):
+    path: str
+    revision: str | None = None
+    name: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
+    id_column: str | None = None
+
+
+class HFImages(Dataset):
+    def __init__(self, table, image_column: str, labels: list[int]):
+        self.table = table.select_columns([image_column])
+        self.image_column = image_column
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.table[i][self.image_column].convert("RGB"), self.labels[i]
+
+
+def _network_hint(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}"
+    return any(s in text for s in ("Offline", "offline", "ConnectionError", "Couldn't reach", "LocalEntryNotFound"))
+
+
+class HFSource:
+    Config = HFConfig
+
+    def __init__(self, config: HFConfig, task_dir: Path, cache_dir: Path):
+        self.config = config
+        local = task_dir / config.path
+        self.local = local.resolve() if local.exists() else None
+        if self.local is None and (config.path.startswith((".", "/")) or config.path.count("/") > 1):
+            raise EvalbenchError(f"dataset.path: folder not found: {local.resolve()}")
+
+    def _load(self, split: str):
+        import datasets
+
+        cfg = self.config
+        try:
+            if self.local is not None and (self.local / "dataset_dict.json").is_file():
+                ds = datasets.load_from_disk(str(self.local))
+                if split not in ds:
+                    raise ValueError(f"Unknown split '{split}'")
+                return ds[split]
+            if self.local is not None and (self.local / "state.json").is_file():
+                return datasets.load_from_disk(str(self.local))
+            where = str(self.local) if self.local is not None else cfg.path
+            return datasets.load_dataset(where, cfg.name, split=split, revision=cfg.revision)
+        except ValueError as e:
+            if "split" in str(e).lower():
+                raise EvalbenchError(f"splits: dataset {cfg.path} has no split '{split}' ({e})") from None
+            raise
+        except Exception as e:  # noqa: BLE001
+            if _network_hint(e):
+                raise EvalbenchError(
+                    f"dataset.path: {cfg.path} is not in the local Hugging Face cache and the hub cannot be "
+                    "reached (offline). Run once with network access, or point dataset.path to a local copy."
+                ) from None
+            raise
+
+    def load_split(self, split: str) -> SplitData:
+        table = self._load(split)
+        cfg = self.config
+        for column in (cfg.image_column, cfg.label_column, cfg.id_column):
+            if column and column not in table.column_names:
+                raise EvalbenchError(
+                    f"dataset: column '{column}' not in {cfg.path} (columns: {', '.join(table.column_names)})"
+                )
+        feature = table.features[cfg.label_column]
+        raw = table[cfg.label_column]
+        if hasattr(feature, "names"):
+            names, labels = list(feature.names), [int(v) for v in raw]
+        elif raw and isinstance(raw[0], str):
+            names = sorted(set(raw))
+            index = {n: i for i, n in enumerate(names)}
+            labels = [index[v] for v in raw]
+        else:
+            names, labels = None, [int(v) for v in raw]
+        ids = [str(v) for v in table[cfg.id_column]] if cfg.id_column else None
+        return SplitData(HFImages(table, cfg.image_column, labels), labels, names, ids)
+
+    def fingerprint(self) -> str:
+        cfg = self.config
+        h = hashlib.sha256(f"{cfg.path}@{cfg.revision}:{cfg.name}".encode())
+        if self.local is not None:
+            for f in sorted(self.local.rglob("*")):
+                if f.is_file():
+                    h.update(f"{f.relative_to(self.local)}:{f.stat().st_size}".encode())
+        return h.hexdigest()[:16]
+
+    def classnames(self) -> list[str] | None:
+        return None
+
+    def templates(self) -> list[str] | None:
+        return None

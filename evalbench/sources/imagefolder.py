@@ -1,0 +1,77 @@
+"""Local folders: ``PATH/SPLIT/CLASS/*.{jpg,png,...}``. Label names are the class folder names."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from evalbench.errors import EvalbenchError
+from evalbench.sources.base import SourceConfig, SplitData
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class ImageFolderConfig(SourceConfig):
+    path: str
+
+
+class ImageFiles(Dataset):
+    """A list of (image path, label) pairs, decoded to RGB on access."""
+
+    def __init__(self, files: list[Path], labels: list[int]):
+        self.files = files
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.files[i]) as img:
+            return img.convert("RGB"), self.labels[i]
+
+
+class ImageFolderSource:
+    Config = ImageFolderConfig
+
+    def __init__(self, config: ImageFolderConfig, task_dir: Path, cache_dir: Path):
+        self.root = (task_dir / config.path).resolve()
+        if not self.root.is_dir():
+            raise EvalbenchError(f"dataset.path: folder not found: {self.root}")
+
+    def _split_dir(self, split: str) -> Path:
+        path = self.root / split
+        if not path.is_dir():
+            have = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+            raise EvalbenchError(f"splits: no split folder '{split}' in {self.root} (found: {', '.join(have) or 'none'})")
+        return path
+
+    def load_split(self, split: str) -> SplitData:
+        split_dir = self._split_dir(split)
+        class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+        files, labels = [], []
+        for label, class_dir in enumerate(class_dirs):
+            for f in sorted(class_dir.rglob("*")):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(f)
+                    labels.append(label)
+        if not files:
+            raise EvalbenchError(f"splits: split folder {split_dir} holds no images in class subfolders")
+        ids = [str(f.relative_to(self.root)) for f in files]
+        return SplitData(ImageFiles(files, labels), labels, [d.name for d in class_dirs], ids)
+
+    def fingerprint(self) -> str:
+        # Names and sizes of every file: cheap, and changes when the data does.
+        h = hashlib.sha256(str(self.root).encode())
+        for f in sorted(self.root.rglob("*")):
+            if f.is_file():
+                h.update(f"{f.relative_to(self.root)}:{f.stat().st_size}".encode())
+        return h.hexdigest()[:16]
+
+    def classnames(self) -> list[str] | None:
+        return None
+
+    def templates(self) -> list[str] | None:
+        return None

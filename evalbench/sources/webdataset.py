@@ -1,0 +1,154 @@
+"""CLIP_benchmark's webdataset layout, read directly from the tar files.
+
+Layout: ``SPLIT/nshards.txt`` and ``SPLIT/0.tar ...`` whose members are ``KEY.{png,jpg,jpeg,webp}``
+plus ``KEY.cls`` (an integer label); ``classnames.txt`` and
+``zeroshot_classification_templates.txt`` at the root. ``path`` is a local folder or a hub
+dataset (``hf://datasets/ORG/NAME`` or ``https://huggingface.co/datasets/ORG/NAME``), which is
+downloaded once into the Hugging Face cache. Members are indexed once so that images are read by
+seeking, in any order, from any DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from evalbench.errors import EvalbenchError
+from evalbench.sources.base import SourceConfig, SplitData
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+HUB_PREFIXES = ("hf://datasets/", "https://huggingface.co/datasets/")
+
+
+class WebDatasetConfig(SourceConfig):
+    path: str
+    revision: str | None = None
+
+
+class TarImages(Dataset):
+    """Images addressed as (tar path, byte offset, size)."""
+
+    def __init__(self, entries: list[tuple[str, int, int]], labels: list[int]):
+        self.entries, self.labels = entries, labels
+        self._handles: dict[str, object] = {}
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _read(self, path: str, offset: int, size: int) -> bytes:
+        if self._pid != os.getpid():  # a fresh set of handles in each worker process
+            self._handles, self._pid = {}, os.getpid()
+        f = self._handles.get(path) or self._handles.setdefault(path, open(path, "rb"))
+        f.seek(offset)
+        return f.read(size)
+
+    def __getitem__(self, i: int):
+        data = self._read(*self.entries[i])
+        return Image.open(io.BytesIO(data)).convert("RGB"), self.labels[i]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_handles": {}, "_pid": None}
+
+
+def _read_lines(path: Path) -> list[str] | None:
+    if not path.is_file():
+        return None
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def index_tar(tar_path: Path) -> list[tuple[str, tuple[str, int, int] | None, int | None]]:
+    """(key, image entry, label) per sample of one shard, in member order."""
+    samples: dict[str, dict] = {}
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = member.name.rsplit("/", 1)
+            key_prefix = base[0] + "/" if len(base) == 2 else ""
+            stem, _, ext = base[-1].partition(".")
+            sample = samples.setdefault(key_prefix + stem, {})
+            ext = ext.lower()
+            if ext in IMAGE_EXTS:
+                sample["image"] = (str(tar_path), member.offset_data, member.size)
+            elif ext == "cls":
+                sample["cls"] = int(tar.extractfile(member).read().decode().strip())
+    return [(k, s.get("image"), s.get("cls")) for k, s in samples.items()]
+
+
+class WebDatasetSource:
+    Config = WebDatasetConfig
+
+    def __init__(self, config: WebDatasetConfig, task_dir: Path, cache_dir: Path):
+        self.config = config
+        if config.path.startswith(HUB_PREFIXES):
+            self.root = None
+            self.repo_id = config.path
+            for prefix in HUB_PREFIXES:
+                self.repo_id = self.repo_id.removeprefix(prefix)
+            self.repo_id = self.repo_id.strip("/")
+        else:
+            self.root = (task_dir / config.path).resolve()
+            if not self.root.is_dir():
+                raise EvalbenchError(f"dataset.path: folder not found: {self.root}")
+
+    def _download(self, patterns: list[str]) -> Path:
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(
+                snapshot_download(
+                    self.repo_id, repo_type="dataset", revision=self.config.revision, allow_patterns=patterns
+                )
+            )
+        except Exception as e:  # noqa: BLE001
+            raise EvalbenchError(
+                f"dataset.path: {self.config.path} could not be fetched from the hub ({type(e).__name__}); "
+                "if offline, run once with network access or point dataset.path to a local copy"
+            ) from None
+
+    def _root_for(self, split: str | None) -> Path:
+        if self.root is not None:
+            return self.root
+        patterns = ["*.txt"] + ([f"{split}/*"] if split else [])
+        return self._download(patterns)
+
+    def load_split(self, split: str) -> SplitData:
+        root = self._root_for(split)
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise EvalbenchError(f"splits: no split folder '{split}' in {root}")
+        nshards = _read_lines(split_dir / "nshards.txt")
+        tars = [split_dir / f"{i}.tar" for i in range(int(nshards[0]))] if nshards else sorted(split_dir.glob("*.tar"))
+        missing = [t for t in tars if not t.is_file()]
+        if missing or not tars:
+            raise EvalbenchError(f"dataset.path: shard {missing[0] if missing else split_dir / '0.tar'} not found")
+        entries, labels, ids = [], [], []
+        for tar_path in tars:
+            for key, image, label in index_tar(tar_path):
+                if image is None or label is None:
+                    raise EvalbenchError(f"dataset.path: {tar_path}: sample '{key}' lacks an image or a .cls label")
+                entries.append(image)
+                labels.append(label)
+                ids.append(f"{split}/{key}")
+        return SplitData(TarImages(entries, labels), labels, self.classnames(), ids)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"{self.config.path}@{self.config.revision}".encode())
+        if self.root is not None:
+            for f in sorted(self.root.rglob("*")):
+                if f.is_file():
+                    h.update(f"{f.relative_to(self.root)}:{f.stat().st_size}".encode())
+        return h.hexdigest()[:16]
+
+    def classnames(self) -> list[str] | None:
+        return _read_lines(self._root_for(None) / "classnames.txt")
+
+    def templates(self) -> list[str] | None:
+        return _read_lines(self._root_for(None) / "zeroshot_classification_templates.txt")

@@ -1,0 +1,95 @@
+"""The schema of a task file. Strict: an unknown key anywhere is an error."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MainMetric = Literal["acc1", "acc5", "mean_per_class_recall", "map_11pt", "roc_auc"]
+TaskType = Literal["classification", "multilabel"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ValFraction(_Strict):
+    """Validation data carved out of the train split: a seeded, stratified fraction."""
+
+    fraction: float = Field(gt=0, lt=1)
+    seed: int = 0
+
+
+class Splits(_Strict):
+    test: str
+    train: str | None = None
+    val: str | ValFraction | None = None
+
+    @model_validator(mode="after")
+    def _val_needs_train(self) -> "Splits":
+        if isinstance(self.val, ValFraction) and self.train is None:
+            raise ValueError("val as a fraction of train needs a train split")
+        return self
+
+
+class TaskSpec(_Strict):
+    """A resolved task (after ``include:`` merging).
+
+    ``classnames[i]`` is the name used in prompts for class i. Labels in the data are matched to
+    classes by name: against ``label_names`` when given (the data's own names, same order as
+    ``classnames``), else against ``classnames``. ``label_match: index`` is the explicit opt-in for
+    data whose labels are bare integers in the order of ``classnames``.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    version: str
+    description: str
+    type: TaskType = "classification"
+    license: str | None = None
+    citation: str | None = None
+    unavailable: str | None = None  # why no public copy can be loaded; the task is listed, not run
+    dataset: dict  # validated by the source's own Config, see evalbench.sources
+    splits: Splits
+    classnames: list[str] | None = Field(default=None, min_length=2)
+    label_names: list[str] | None = None
+    label_match: Literal["name", "index"] = "name"
+    class_subset: list[int] | None = Field(default=None, min_length=2)  # indices into classnames
+    templates: list[str] | None = Field(default=None, min_length=1)
+    main_metric: MainMetric = "acc1"
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_str(cls, v):
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_have_slot(cls, templates):
+        for i, t in enumerate(templates or []):
+            if "{c}" not in t:
+                raise ValueError(f"template {i} has no {{c}}: {t!r}")
+        return templates
+
+    @model_validator(mode="after")
+    def _subset_in_range(self) -> "TaskSpec":
+        if self.class_subset is not None:
+            if self.classnames is None:
+                raise ValueError("class_subset needs classnames")
+            bad = [i for i in self.class_subset if not 0 <= i < len(self.classnames)]
+            if bad:
+                raise ValueError(f"class_subset: index {bad[0]} outside classnames (0..{len(self.classnames) - 1})")
+            if len(set(self.class_subset)) != len(self.class_subset):
+                raise ValueError("class_subset: repeated index")
+        return self
+
+    @model_validator(mode="after")
+    def _label_names_align(self) -> "TaskSpec":
+        if self.label_names is not None:
+            if self.classnames is None:
+                raise ValueError("label_names needs classnames")
+            if len(self.label_names) != len(self.classnames):
+                raise ValueError(
+                    f"label_names has {len(self.label_names)} entries but classnames has {len(self.classnames)}"
+                )
+        return self
