@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import evalbench
-from evalbench.data import MappedDataset, TaskData, load_task_data
+from evalbench.data import Rows, TaskData, load_task_data
 from evalbench.errors import EvalbenchError
 from evalbench.features import extract_features
 from evalbench.metrics import classification_metrics
@@ -99,17 +99,16 @@ def _features(model: ModelAdapter, data: TaskData, config: RunConfig, task: Task
     for split_name, split in data.sources.items():
         views = {role: v for role, v in data.views.items() if v.source_split == split_name}
         rows = np.unique(np.concatenate([v.indices for v in views.values()]))
-        feats, labels = extract_features(
+        feats = extract_features(
             model,
-            MappedDataset(split, rows, data.mappings[split_name]),
+            Rows(split, rows),
             batch_size=config.batch_size,
             workers=config.workers,
             desc=f"{task.name}/{split_name}",
             progress=config.progress,
         )
         for role, view in views.items():
-            pos = np.searchsorted(rows, view.indices)
-            out[role] = (feats[pos], labels[pos])
+            out[role] = (feats[np.searchsorted(rows, view.indices)], view.labels)
     return out
 
 
@@ -166,6 +165,9 @@ def evaluate(
         dup = next(s for s in slugs if slugs.count(s) > 1)
         raise EvalbenchError(f"--model: two models share the name '{dup}'; give one a name with NAME=SPEC")
     task_objs = [registry.get(t) for t in dict.fromkeys(tasks)]
+    for task in task_objs:
+        if task.spec.unavailable:
+            raise EvalbenchError(f"{task.path}: unavailable: {task.spec.unavailable}")
     device = resolve_device(config.device)
     written = []
     for spec in specs:

@@ -157,7 +157,8 @@ def cmd_tasks(args) -> int:
         width = max(map(len, names))
         for name in names:
             task = registry.get(name)
-            print(f"{name:<{width}}  v{task.spec.version:<4} {task.spec.description}")
+            note = f"  [unavailable: {task.spec.unavailable}]" if task.spec.unavailable else ""
+            print(f"{name:<{width}}  v{task.spec.version:<4} {task.spec.description}{note}")
         return 0
     if args.tasks_command == "show":
         task = TaskRegistry(args.tasks_dir).get(args.name)

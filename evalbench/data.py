@@ -26,8 +26,10 @@ def normalise_name(name: str) -> str:
 
 
 def label_mapping(task: Task, classnames: list[str], label_names: list[str] | None, n_labels: int) -> np.ndarray:
-    """``mapping[source_label] = task_class`` for every label the source can emit."""
+    """``mapping[source_label] = task_class`` (an index into ``classnames``) for every label the
+    source can emit."""
     spec = task.spec
+    expected = len(spec.class_subset) if spec.class_subset else len(classnames)
     if spec.label_match == "index" or label_names is None:
         if spec.label_match != "index":
             raise EvalbenchError(
@@ -41,24 +43,46 @@ def label_mapping(task: Task, classnames: list[str], label_names: list[str] | No
             )
         return np.arange(max(count, 1))
     keys = spec.label_names or classnames
+    field = "label_names" if spec.label_names else "classnames"
     where = {normalise_name(k): i for i, k in enumerate(keys)}
-    if len(where) != len(keys):
-        field = "label_names" if spec.label_names else "classnames"
+    if len(where) != len(keys) and not spec.label_names:
+        # Published lists may repeat a name (ImageNet's two "missile"s): the data must then name
+        # its labels distinctly through label_names.
+        raise EvalbenchError(f"{task.path}: classnames: names repeat; give the data's own names in label_names")
+    if len(label_names) not in {expected, len(keys)}:
         raise EvalbenchError(
-            f"{task.path}: {field}: names are not unique after normalisation; give distinct label_names"
-        )
-    if len(label_names) != len(keys):
-        raise EvalbenchError(
-            f"{task.path}: classnames: {len(keys)} classes in the task but {len(label_names)} labels in the data"
+            f"{task.path}: {field}: the task has {expected} classes but the data has {len(label_names)} labels"
         )
     missing = [n for n in label_names if normalise_name(n) not in where]
     if missing:
-        field = "label_names" if spec.label_names else "classnames"
         raise EvalbenchError(
             f"{task.path}: {field}: data labels not found among the task's names: {', '.join(missing[:5])}"
             f"{' ...' if len(missing) > 5 else ''} (set label_names to the data's own names)"
         )
     return np.array([where[normalise_name(n)] for n in label_names])
+
+
+def restrict_to_subset(task: Task, mapping: np.ndarray, subset: list[int]) -> np.ndarray:
+    """Compose ``mapping`` with the class subset: labels become positions in ``subset``, and
+    classes outside it become -1."""
+    position = np.full(len(task.spec.classnames), -1)
+    position[subset] = np.arange(len(subset))
+    return position[mapping]
+
+
+def task_labels(task: Task, raw: list, mapping: np.ndarray, n_classes: int) -> np.ndarray:
+    """Task-space labels of a split: (n,) class indices, or an (n, n_classes) 0/1 matrix for
+    multi-label tasks."""
+    if task.spec.type == "multilabel":
+        out = np.zeros((len(raw), n_classes), dtype=np.int64)
+        for row, labels in enumerate(raw):
+            mapped = mapping[np.asarray(labels, dtype=np.int64)]
+            out[row, mapped[mapped >= 0]] = 1
+        return out
+    labels = mapping[np.asarray(raw, dtype=np.int64)]
+    if labels.size and labels.min() < 0:
+        raise EvalbenchError(f"{task.path}: class_subset: the data has images of classes outside the subset")
+    return labels
 
 
 @dataclass
@@ -78,23 +102,21 @@ class TaskData:
     classnames: list[str]
     templates: list[str] | None
     sources: dict[str, SplitData]  # source split name -> data (each extracted once)
-    mappings: dict[str, np.ndarray]  # source split name -> source label -> task class
     views: dict[str, SplitView]  # 'train' / 'val' / 'test' -> rows of a source split
     fingerprint: str
 
 
-class MappedDataset(Dataset):
-    """A source split restricted to ``indices``; yields (image, task label)."""
+class Rows(Dataset):
+    """A source split restricted to ``indices``; yields images."""
 
-    def __init__(self, data: SplitData, indices: np.ndarray, mapping: np.ndarray):
-        self.data, self.indices, self.mapping = data, indices, mapping
+    def __init__(self, data: SplitData, indices: np.ndarray):
+        self.data, self.indices = data, indices
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        image, label = self.data.dataset[int(self.indices[i])]
-        return image, int(self.mapping[label])
+        return self.data.dataset[int(self.indices[i])][0]
 
 
 def open_source(task: Task, cache_dir: Path) -> Source:
@@ -106,16 +128,16 @@ def open_source(task: Task, cache_dir: Path) -> Source:
     return cls(config, task.dir, cache_dir)
 
 
-def _subset(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
-    n = len(labels)
+def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
     if limit is None or limit >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
 def _split_off(indices: np.ndarray, labels: np.ndarray, val: ValFraction) -> tuple[np.ndarray, np.ndarray]:
-    counts = np.unique(labels, return_counts=True)[1]
-    stratify = labels if counts.min() >= 2 else None
+    stratify = None
+    if labels.ndim == 1 and np.unique(labels, return_counts=True)[1].min() >= 2:
+        stratify = labels
     train, held = train_test_split(indices, test_size=val.fraction, random_state=val.seed, stratify=stratify)
     return np.sort(train), np.sort(held)
 
@@ -128,6 +150,8 @@ def load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | N
     if not classnames:
         raise EvalbenchError(f"{task.path}: classnames: missing, and the data ships none")
     templates = spec.templates or source.templates()
+    if spec.class_subset:
+        classnames = [classnames[i] for i in spec.class_subset]
 
     names = {"test": spec.splits.test, "train": spec.splits.train}
     if isinstance(spec.splits.val, str):
@@ -137,12 +161,14 @@ def load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | N
         wanted.add(names["train"])
     sources = {name: source.load_split(name) for name in sorted(wanted)}
 
-    mappings: dict[str, np.ndarray] = {}
     views: dict[str, SplitView] = {}
     for name, data in sources.items():
-        mappings[name] = label_mapping(task, classnames, data.label_names, max(data.labels, default=-1) + 1)
-        labels = mappings[name][np.asarray(data.labels)]
-        rows = _subset(labels, limit, seed)
+        flat = [x for y in data.labels for x in y] if spec.type == "multilabel" else data.labels
+        mapping = label_mapping(task, spec.classnames or classnames, data.label_names, max(flat, default=-1) + 1)
+        if spec.class_subset:
+            mapping = restrict_to_subset(task, mapping, spec.class_subset)
+        labels = task_labels(task, data.labels, mapping, len(classnames))
+        rows = _subset(len(labels), limit, seed)
         if "val" in roles and isinstance(spec.splits.val, ValFraction) and name == names["train"]:
             train_rows, val_rows = _split_off(rows, labels[rows], spec.splits.val)
             views["train"] = SplitView(name, train_rows, labels[train_rows], data.ids)
@@ -151,7 +177,7 @@ def load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | N
             if names.get(role) == name and role not in views:
                 views[role] = SplitView(name, rows, labels[rows], data.ids)
     _check_disjoint(task, views)
-    return TaskData(classnames, templates, sources, mappings, views, source.fingerprint())
+    return TaskData(classnames, templates, sources, views, source.fingerprint())
 
 
 def _check_disjoint(task: Task, views: dict[str, SplitView]) -> None:

@@ -11,7 +11,7 @@ from evalbench.models.base import ModelAdapter
 
 
 class Preprocessed(Dataset):
-    """Applies the model's preprocessing in DataLoader workers; yields (tensor, label)."""
+    """Applies the model's preprocessing in DataLoader workers; yields tensors."""
 
     def __init__(self, dataset: Dataset, preprocess):
         self.dataset, self.preprocess = dataset, preprocess
@@ -20,8 +20,7 @@ class Preprocessed(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        image, label = self.dataset[i]
-        return self.preprocess(image), label
+        return self.preprocess(self.dataset[i])
 
 
 @torch.inference_mode()
@@ -32,8 +31,8 @@ def extract_features(
     workers: int = 0,
     desc: str = "features",
     progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Encode every image of ``dataset``; return (float32 features (n, dim), int64 labels (n,))."""
+) -> np.ndarray:
+    """Encode every image of ``dataset`` (which yields PIL images); return float32 (n, dim)."""
     loader = DataLoader(
         Preprocessed(dataset, model.preprocess),
         batch_size=batch_size,
@@ -41,10 +40,9 @@ def extract_features(
         pin_memory=model.device.type == "cuda",
         persistent_workers=False,
     )
-    feats, labels = [], []
+    feats = []
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for pixels, y in loader:
+        for pixels in loader:
             feats.append(model.encode_images(pixels).cpu().numpy().astype(np.float32))
-            labels.append(y.numpy())
-            bar.update(len(y))
-    return np.concatenate(feats), np.concatenate(labels).astype(np.int64)
+            bar.update(len(pixels))
+    return np.concatenate(feats)

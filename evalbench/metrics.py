@@ -1,11 +1,15 @@
-"""Metrics: small functions ``(y_true, scores) -> float``, scores being (n, n_classes)."""
+"""Metrics: small functions ``(y_true, scores) -> float``.
+
+``scores`` is (n, n_classes). ``y_true`` is (n,) class indices, or for multi-label tasks an
+(n, n_classes) 0/1 matrix.
+"""
 
 from __future__ import annotations
 
 from typing import Callable
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
+from sklearn.metrics import balanced_accuracy_score, precision_recall_curve, roc_auc_score, top_k_accuracy_score
 
 
 def acc1(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -23,18 +27,52 @@ def mean_per_class_recall(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(balanced_accuracy_score(y_true, np.asarray(scores).argmax(axis=1)))
 
 
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Binary ROC AUC of class 1 against class 0, ranking by ``scores[:, 1] - scores[:, 0]``
+    (monotone in the softmax probability of class 1, so the same for logits or cosines)."""
+    if scores.shape[1] != 2:
+        raise ValueError(f"roc_auc needs 2 classes, got {scores.shape[1]}")
+    return float(roc_auc_score(y_true, scores[:, 1] - scores[:, 0]))
+
+
+def average_precision_11pt(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """PASCAL VOC 2007's 11-point interpolated average precision of one class: the mean over
+    recall levels 0, 0.1, ..., 1 of the highest precision reached at that recall or above."""
+    if not np.any(y_true):
+        return float("nan")
+    precision, recall, _ = precision_recall_curve(y_true, scores)
+    return float(np.mean([precision[recall >= t].max(initial=0.0) for t in np.linspace(0, 1, 11)]))
+
+
+def map_11pt(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over classes (those with a positive example) of the 11-point interpolated AP."""
+    aps = [average_precision_11pt(y_true[:, k], scores[:, k]) for k in range(scores.shape[1])]
+    return float(np.nanmean(aps))
+
+
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "acc1": acc1,
     "acc5": acc5,
     "mean_per_class_recall": mean_per_class_recall,
+    "roc_auc": roc_auc,
+    "map_11pt": map_11pt,
 }
 
 
 def classification_metrics(y_true: np.ndarray, scores: np.ndarray, main_metric: str) -> dict[str, float]:
-    """Every applicable metric plus ``main_score``; acc5 only with at least 5 classes."""
-    out = {"acc1": acc1(y_true, scores)}
-    if scores.shape[1] >= 5:
-        out["acc5"] = acc5(y_true, scores)
-    out["mean_per_class_recall"] = mean_per_class_recall(y_true, scores)
-    out["main_score"] = METRICS[main_metric](y_true, scores)
+    """Every applicable metric plus ``main_score``.
+
+    Single-label: acc1, acc5 (with at least 5 classes), mean_per_class_recall, and roc_auc for
+    two classes. Multi-label (2-D ``y_true``): map_11pt.
+    """
+    if np.ndim(y_true) == 2:
+        out = {"map_11pt": map_11pt(y_true, scores)}
+    else:
+        out = {"acc1": acc1(y_true, scores)}
+        if scores.shape[1] >= 5:
+            out["acc5"] = acc5(y_true, scores)
+        out["mean_per_class_recall"] = mean_per_class_recall(y_true, scores)
+        if scores.shape[1] == 2 and len(np.unique(y_true)) == 2:
+            out["roc_auc"] = roc_auc(y_true, scores)
+    out["main_score"] = out[main_metric] if main_metric in out else METRICS[main_metric](y_true, scores)
     return out

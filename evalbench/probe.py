@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
 from tqdm.auto import tqdm
 
 from evalbench.metrics import METRICS, classification_metrics
@@ -27,14 +28,22 @@ class SweepResult:
     scores: dict[float, float] = field(default_factory=dict)  # C -> validation score
 
 
-def fit_logreg(x: np.ndarray, y: np.ndarray, c: float, max_iter: int = 1000) -> LogisticRegression:
+def fit_logreg(x: np.ndarray, y: np.ndarray, c: float, max_iter: int = 1000):
+    """Multinomial logistic regression (lbfgs); one-vs-rest for a multi-label (n, k) ``y``."""
+    clf = LogisticRegression(C=c, max_iter=max_iter, solver="lbfgs")
+    if y.ndim == 2:
+        clf = OneVsRestClassifier(clf)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return LogisticRegression(C=c, max_iter=max_iter, solver="lbfgs").fit(x, y)
+        warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
+        warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
+        return clf.fit(x, y)
 
 
-def class_scores(clf: LogisticRegression, x: np.ndarray, n_classes: int) -> np.ndarray:
+def class_scores(clf, x: np.ndarray, n_classes: int) -> np.ndarray:
     """Probabilities (n, n_classes), zero for classes absent from the training labels."""
+    if isinstance(clf, OneVsRestClassifier):
+        return clf.predict_proba(x)
     out = np.zeros((len(x), n_classes))
     out[:, clf.classes_] = clf.predict_proba(x)
     return out

@@ -89,8 +89,11 @@ class HFSource:
                 )
         feature = table.features[cfg.label_column]
         raw = table[cfg.label_column]
+        inner = getattr(feature, "feature", None)  # a list of ClassLabel: multi-label data
         if hasattr(feature, "names"):
             names, labels = list(feature.names), [int(v) for v in raw]
+        elif hasattr(inner, "names"):
+            names, labels = list(inner.names), [[int(x) for x in v] for v in raw]
         elif raw and isinstance(raw[0], str):
             names = sorted(set(raw))
             index = {n: i for i, n in enumerate(names)}

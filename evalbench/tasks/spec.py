@@ -72,6 +72,16 @@ class TaskSpec(_Strict):
         return templates
 
     @model_validator(mode="after")
+    def _metric_fits_type(self) -> "TaskSpec":
+        multilabel = self.type == "multilabel"
+        if multilabel != (self.main_metric == "map_11pt"):
+            raise ValueError("main_metric: map_11pt is the metric of multilabel tasks, and only of them")
+        n = len(self.class_subset or self.classnames or [])
+        if self.main_metric == "roc_auc" and n not in (0, 2):
+            raise ValueError(f"main_metric: roc_auc needs 2 classes, the task has {n}")
+        return self
+
+    @model_validator(mode="after")
     def _subset_in_range(self) -> "TaskSpec":
         if self.class_subset is not None:
             if self.classnames is None:
