@@ -6,11 +6,12 @@ image features once per split, run zero-shot and the linear probe on them, write
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,10 +21,11 @@ import torch
 import evalbench
 from evalbench.data import Rows, TaskData, load_task_data
 from evalbench.errors import EvalbenchError
-from evalbench.features import extract_features
+from evalbench.cache import FeatureCache
+from evalbench.features import autocast, extract_features
 from evalbench.metrics import classification_metrics
-from evalbench.models import load_model, parse_model_spec
-from evalbench.models.base import ModelAdapter, ModelSpec
+from evalbench.models import LazyModel, parse_model_spec
+from evalbench.models.base import ModelSpec
 from evalbench.probe import linear_probe
 from evalbench.records import MODES, SCHEMA_VERSION, read_record, record_path, write_record
 from evalbench.tasks.loader import Task, TaskRegistry
@@ -48,6 +50,9 @@ class RunConfig:
     workers: int = 0
     device: str = "auto"
     limit: int | None = None
+    precision: str = "fp32"
+    use_cache: bool = True
+    cache_dtype: str = "float32"
     overwrite: bool = False
     seed: int = 0
     progress: bool = True
@@ -93,26 +98,58 @@ def _roles(task: Task, modes: list[str]) -> list[str]:
     return ["train", "val", "test"] if "linear_probe" in modes else ["test"]
 
 
-def _features(model: ModelAdapter, data: TaskData, config: RunConfig, task: Task) -> dict[str, tuple]:
-    """(features, labels) per role, each source split encoded once."""
+def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> dict[str, tuple]:
+    """(features, labels) per role; each source split is encoded once, or read from the cache."""
+    cache = FeatureCache(config.cache_dir if config.use_cache else None, config.cache_dtype)
     out = {}
     for split_name, split in data.sources.items():
         views = {role: v for role, v in data.views.items() if v.source_split == split_name}
         rows = np.unique(np.concatenate([v.indices for v in views.values()]))
-        feats = extract_features(
-            model,
-            Rows(split, rows),
-            batch_size=config.batch_size,
-            workers=config.workers,
-            desc=f"{task.name}/{split_name}",
-            progress=config.progress,
-        )
+        key = {
+            "model": model.fingerprint,
+            "data": data.fingerprint,
+            "split": split_name,
+            "rows": hashlib.sha256(rows.tobytes()).hexdigest()[:16],
+            "precision": config.precision,
+        }
+        entry = cache.features(key, {"model": model.spec.name, "task": task.name, "split": split_name})
+        dataset = Rows(split, rows)
+        if entry is not None and entry.complete():
+            feats = entry.load(len(rows))
+        else:
+            feats = extract_features(
+                model.get(),
+                dataset,
+                batch_size=config.batch_size,
+                workers=config.workers,
+                desc=f"{task.name}/{split_name}",
+                progress=config.progress,
+                entry=entry,
+                precision=config.precision,
+            )
         for role, view in views.items():
             out[role] = (feats[np.searchsorted(rows, view.indices)], view.labels)
     return out
 
 
-def run_task(model: ModelAdapter, task: Task, modes: list[str], config: RunConfig) -> dict:
+def _classifier(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> torch.Tensor:
+    """The zero-shot text classifier, from the cache when the same prompts were encoded before."""
+    cache = FeatureCache(config.cache_dir if config.use_cache else None)
+    key = {"model": model.fingerprint, "classnames": data.classnames, "templates": data.templates,
+           "precision": config.precision}
+    cached = cache.load_text(key)
+    if cached is not None:
+        return torch.from_numpy(cached)
+    adapter = model.get()
+    with autocast(adapter.device, config.precision), torch.inference_mode():
+        classifier = build_zeroshot_classifier(adapter, data.classnames, data.templates, progress=config.progress)
+    classifier = classifier.float().cpu()
+    cache.save_text(key, classifier.numpy(), {"model": model.spec.name, "task": task.name,
+                                               "classes": len(data.classnames)})
+    return classifier
+
+
+def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) -> dict:
     """Results per mode for one (model, task)."""
     data = load_task_data(task, _roles(task, modes), config.cache_dir, config.limit, config.seed)
     if "zeroshot" in modes and not data.templates:
@@ -122,7 +159,7 @@ def run_task(model: ModelAdapter, task: Task, modes: list[str], config: RunConfi
     results = {}
     if "zeroshot" in modes:
         start = time.perf_counter()
-        classifier = build_zeroshot_classifier(model, data.classnames, data.templates, progress=config.progress)
+        classifier = _classifier(model, data, config, task)
         x, y = feats["test"]
         results["zeroshot"] = classification_metrics(y, zeroshot_scores(x, classifier), metric)
         results["zeroshot"].update(n=len(y), duration_s=round(time.perf_counter() - start, 3))
@@ -135,10 +172,12 @@ def run_task(model: ModelAdapter, task: Task, modes: list[str], config: RunConfi
     return results
 
 
-def _provenance(device: torch.device, config: RunConfig, started: float) -> dict:
+def _provenance(device: torch.device, config: RunConfig, started: float, model: LazyModel) -> dict:
     import open_clip
 
     return {
+        "precision": config.precision,
+        "model_loaded": model.loaded,
         "evalbench": evalbench.__version__,
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
@@ -169,9 +208,13 @@ def evaluate(
         if task.spec.unavailable:
             raise EvalbenchError(f"{task.path}: unavailable: {task.spec.unavailable}")
     device = resolve_device(config.device)
+    if config.precision == "amp" and device.type != "cuda":
+        log.warning("--precision amp applies on CUDA only; using fp32 on %s", device)
+        config = replace(config, precision="fp32")
+    lazy_models = [LazyModel(spec, device) for spec in specs]  # validates every spec up front
     written = []
-    for spec in specs:
-        model = None
+    for model in lazy_models:
+        spec = model.spec
         for task in task_objs:
             path = record_path(config.results_dir, spec.slug, task.name)
             existing = read_record(path)
@@ -183,8 +226,6 @@ def evaluate(
                 log.info("%s / %s: done already (%s); --overwrite reruns", spec.name, task.name, path)
                 written.append(path)
                 continue
-            if model is None:
-                model = load_model(spec, device)
             started = time.perf_counter()
             log.info("%s / %s: %s", spec.name, task.name, ", ".join(todo))
             results = run_task(model, task, todo, config)
@@ -203,9 +244,8 @@ def evaluate(
                     "config": task.resolved,
                 },
                 "results": {**keep, **results},
-                "provenance": _provenance(device, config, started),
+                "provenance": _provenance(device, config, started, model),
             }
             write_record(path, record)
             written.append(path)
-        del model
     return written

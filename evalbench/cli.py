@@ -73,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tasks_dir(run)
     run.add_argument("--mode", default="zeroshot,linear_probe", help="zeroshot, linear_probe, or both")
     run.add_argument("--results-dir", type=Path, default=Path("results"), help="where records are written")
-    run.add_argument("--cache-dir", type=Path, default=None, help="cache for generated data ($EVALBENCH_CACHE)")
+    run.add_argument(
+        "--cache-dir", type=Path, default=None, help="feature cache (default: $EVALBENCH_CACHE or ~/.cache/evalbench)"
+    )
+    run.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
+    run.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"], help="stored feature dtype")
+    run.add_argument("--precision", default="fp32", choices=["fp32", "amp"], help="amp: bf16/fp16 autocast on CUDA")
     run.add_argument("--batch-size", type=_positive_int, default=64)
     run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -97,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     m_list = _sub(models_sub, "list", "open_clip architectures with their pretrained tags", "evalbench models list 'ViT-*'")
     m_list.add_argument("pattern", nargs="?", default=None)
+
+    cache = _sub(sub, "cache", "inspect or clear the feature cache", "evalbench cache clear 'ViT-B-32*'")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    c_list = _sub(cache_sub, "list", "list cached features and text classifiers", "evalbench cache list")
+    c_clear = _sub(cache_sub, "clear", "remove entries whose MODEL/TASK/SPLIT matches", "evalbench cache clear '*/cifar10/*'")
+    c_clear.add_argument("pattern", nargs="?", default=None, help="fnmatch pattern on MODEL/TASK/SPLIT (all if omitted)")
+    for p in (c_list, c_clear):
+        p.add_argument("--cache-dir", type=Path, default=None)
 
     report = _sub(sub, "report", "tables of results", "evalbench report --format md --output results.md")
     report.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -134,6 +147,9 @@ def cmd_run(args) -> int:
         workers=args.workers,
         device=args.device,
         limit=args.limit,
+        precision=args.precision,
+        use_cache=not args.no_cache,
+        cache_dtype=args.cache_dtype,
         overwrite=args.overwrite,
         seed=args.seed,
         progress=not args.no_progress and not args.quiet,
@@ -214,7 +230,27 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "tasks": cmd_tasks, "models": cmd_models, "report": cmd_report}
+def cmd_cache(args) -> int:
+    import pandas as pd
+
+    from evalbench.api import default_cache_dir
+    from evalbench.cache import clear_entries, list_entries
+
+    root = args.cache_dir or default_cache_dir()
+    if args.cache_command == "clear":
+        removed = clear_entries(root, args.pattern)
+        print(f"removed {len(removed)} cache entries from {root}")
+        return 0
+    rows = list_entries(root)
+    if not rows:
+        print(f"cache {root} is empty")
+        return 0
+    print(pd.DataFrame(rows).drop(columns="path").to_string(index=False))
+    print(f"\n{root}: {sum(r['size_mb'] for r in rows):.1f} MB")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "tasks": cmd_tasks, "models": cmd_models, "cache": cmd_cache, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

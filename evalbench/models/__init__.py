@@ -22,8 +22,9 @@ BUNDLED = {
     "demo-final": f"{ASSETS / 'demo-clip.json'}@{ASSETS / 'demo-final.safetensors'}",
 }
 
+# family -> module with an adapter class ``Adapter`` and a function ``fingerprint(spec)``.
 FAMILIES = {
-    "open_clip": "evalbench.models.openclip:OpenClipAdapter",
+    "open_clip": "evalbench.models.openclip",
 }
 
 
@@ -55,6 +56,27 @@ def _default_name(text: str) -> str:
 
 def load_model(spec: ModelSpec, device: torch.device) -> ModelAdapter:
     """Instantiate the family's adapter on ``device``; raises EvalbenchError for bad specs."""
-    module_name, _, attr = FAMILIES[spec.family].partition(":")
-    adapter_cls = getattr(importlib.import_module(module_name), attr)
-    return adapter_cls(spec, device)
+    return importlib.import_module(FAMILIES[spec.family]).Adapter(spec, device)
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """The weights' identity without loading them (cheap: hashes files, builds nothing)."""
+    return importlib.import_module(FAMILIES[spec.family]).fingerprint(spec)
+
+
+class LazyModel:
+    """A model loaded on first use, so that a fully cached run never builds one."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device):
+        self.spec, self.device = spec, device
+        self.fingerprint = model_fingerprint(spec)
+        self._model: ModelAdapter | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def get(self) -> ModelAdapter:
+        if self._model is None:
+            self._model = load_model(self.spec, self.device)
+        return self._model

@@ -46,27 +46,44 @@ def _offline_cause(exc: BaseException) -> bool:
     return False
 
 
+def fingerprint(spec: ModelSpec) -> str:
+    """Identity of the weights and architecture, computed without building the model; raises
+    EvalbenchError for an unknown architecture or tag, or a missing checkpoint."""
+    import open_clip
+
+    arch, _, weights = spec.target.partition("@")
+    model_name = _register_arch(arch)
+    config_digest = hashlib.sha256(repr(open_clip.get_model_config(model_name)).encode()).hexdigest()[:16]
+    if weights and _is_path(weights):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise EvalbenchError(f"--model: checkpoint not found: {path}")
+        return f"{config_digest}-{file_digest(path)}"
+    if weights:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        if weights not in tags:
+            raise EvalbenchError(
+                f"--model: unknown pretrained tag '{weights}' for {model_name} (known: {', '.join(tags) or 'none'})"
+            )
+        return hashlib.sha256(f"open_clip:{model_name}@{weights}".encode()).hexdigest()[:16]
+    return f"{config_digest}-random0"
+
+
 class OpenClipAdapter:
     def __init__(self, spec: ModelSpec, device: torch.device):
         import open_clip
 
         self.spec = spec
         self.device = device
+        self.fingerprint = fingerprint(spec)
         arch, _, weights = spec.target.partition("@")
         model_name = _register_arch(arch)
-        config_digest = hashlib.sha256(repr(open_clip.get_model_config(model_name)).encode()).hexdigest()[:16]
         if weights and _is_path(weights):
             path = Path(weights).expanduser()
             state = read_state_dict(path)
             model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
             load_into(model, state, path)
-            self.fingerprint = f"{config_digest}-{file_digest(path)}"
         elif weights:
-            tags = open_clip.list_pretrained_tags_by_model(model_name)
-            if weights not in tags:
-                raise EvalbenchError(
-                    f"--model: unknown pretrained tag '{weights}' for {model_name} (known: {', '.join(tags) or 'none'})"
-                )
             try:
                 model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights)
             except Exception as e:  # noqa: BLE001
@@ -76,12 +93,10 @@ class OpenClipAdapter:
                         "(offline). Run once with network access, unset HF_HUB_OFFLINE, or pass ARCH@/path/to/weights."
                     ) from None
                 raise
-            self.fingerprint = hashlib.sha256(f"open_clip:{model_name}@{weights}".encode()).hexdigest()[:16]
         else:
             log.warning("model %s has random weights (no @TAG or @PATH): numbers are meaningless", spec.name)
             torch.manual_seed(0)  # random weights, but the same ones every run
             model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
-            self.fingerprint = f"{config_digest}-random0"
         self.model = model.to(device).eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)
 
@@ -90,6 +105,9 @@ class OpenClipAdapter:
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
+
+
+Adapter = OpenClipAdapter
 
 
 def list_models(pattern: str | None = None) -> list[tuple[str, list[str]]]:

@@ -1,0 +1,176 @@
+"""On-disk cache of image features and zero-shot text classifiers.
+
+Image features live in ``<cache>/features/<key>/``: ``shard-NNNNN.npy`` files written as they
+complete (each by temp file + rename), and ``manifest.json``. An entry counts as whole only when
+its manifest says ``complete: true``; an interrupted extraction leaves finished shards behind and
+the next run encodes only the missing ones. Text classifiers live in ``<cache>/text/<key>.npy``.
+
+Keys hash everything the numbers depend on: the model fingerprint (weights, architecture and
+therefore preprocessing), the data fingerprint (source, revision, files), the split and rows,
+the precision and the stored dtype.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CACHE_DTYPES = ("float32", "float16")
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class FeatureEntry:
+    """One cached feature matrix, stored as fixed-size row shards."""
+
+    directory: Path
+    meta: dict
+    shard_size: int = 4096
+    dtype: str = "float32"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "manifest.json"
+
+    def shard_path(self, i: int) -> Path:
+        return self.directory / f"shard-{i:05d}.npy"
+
+    def n_shards(self, n_rows: int) -> int:
+        return (n_rows + self.shard_size - 1) // self.shard_size
+
+    def manifest(self) -> dict | None:
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def complete(self) -> bool:
+        m = self.manifest()
+        return bool(m and m.get("complete"))
+
+    def has_shard(self, i: int) -> bool:
+        return self.shard_path(i).is_file()
+
+    def begin(self, n_rows: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.manifest() is None:
+            _atomic_json(self.manifest_path, {**self.meta, "n": n_rows, "shard_size": self.shard_size,
+                                              "dtype": self.dtype, "complete": False})
+
+    def write_shard(self, i: int, features: np.ndarray) -> None:
+        _atomic_save(self.shard_path(i), features.astype(self.dtype))
+
+    def finish(self, n_rows: int, dim: int) -> None:
+        _atomic_json(self.manifest_path, {**self.meta, "n": n_rows, "dim": dim, "shard_size": self.shard_size,
+                                          "dtype": self.dtype, "complete": True})
+
+    def load(self, n_rows: int) -> np.ndarray:
+        """The whole matrix as float32, shard by shard into one preallocated array."""
+        out = None
+        for i in range(self.n_shards(n_rows)):
+            shard = np.load(self.shard_path(i))
+            if out is None:
+                out = np.empty((n_rows, shard.shape[1]), dtype=np.float32)
+            out[i * self.shard_size : i * self.shard_size + len(shard)] = shard
+        return out
+
+
+class FeatureCache:
+    """The cache folder; ``None`` root means caching is off."""
+
+    def __init__(self, root: Path | None, dtype: str = "float32", shard_size: int = 4096):
+        self.root = Path(root) if root is not None else None
+        self.dtype = dtype
+        self.shard_size = shard_size
+
+    def features(self, key_parts: dict, meta: dict) -> FeatureEntry | None:
+        if self.root is None:
+            return None
+        key = digest({**key_parts, "dtype": self.dtype, "shard_size": self.shard_size})
+        return FeatureEntry(self.root / "features" / key, {**meta, "key": key}, self.shard_size, self.dtype)
+
+    def text_path(self, key_parts: dict) -> Path | None:
+        if self.root is None:
+            return None
+        return self.root / "text" / f"{digest(key_parts)}.npy"
+
+    def load_text(self, key_parts: dict) -> np.ndarray | None:
+        path = self.text_path(key_parts)
+        return np.load(path) if path is not None and path.is_file() else None
+
+    def save_text(self, key_parts: dict, classifier: np.ndarray, meta: dict) -> None:
+        path = self.text_path(key_parts)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_save(path, classifier)
+        _atomic_json(path.with_suffix(".json"), meta)
+
+
+def list_entries(root: Path) -> list[dict]:
+    """A row per cache entry: kind, model, task, split, rows, size, complete, path."""
+    rows = []
+    for manifest in sorted((root / "features").glob("*/manifest.json")):
+        meta = json.loads(manifest.read_text(encoding="utf-8"))
+        size = sum(f.stat().st_size for f in manifest.parent.iterdir())
+        rows.append({"kind": "features", "model": meta.get("model"), "task": meta.get("task"),
+                     "split": meta.get("split"), "rows": meta.get("n"), "dtype": meta.get("dtype"),
+                     "size_mb": round(size / 2**20, 2), "complete": meta.get("complete"),
+                     "path": str(manifest.parent)})
+    for meta_path in sorted((root / "text").glob("*.json")):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        npy = meta_path.with_suffix(".npy")
+        rows.append({"kind": "text", "model": meta.get("model"), "task": meta.get("task"), "split": "-",
+                     "rows": meta.get("classes"), "dtype": "float32",
+                     "size_mb": round(npy.stat().st_size / 2**20, 2) if npy.is_file() else 0.0,
+                     "complete": npy.is_file(), "path": str(npy)})
+    return rows
+
+
+def clear_entries(root: Path, pattern: str | None = None) -> list[dict]:
+    """Remove entries whose ``model/task/split`` matches ``pattern`` (all when None)."""
+    removed = []
+    for row in list_entries(root):
+        label = f"{row['model']}/{row['task']}/{row['split']}"
+        if pattern is None or fnmatch.fnmatch(label, pattern):
+            path = Path(row["path"])
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+                path.with_suffix(".json").unlink(missing_ok=True)
+            removed.append(row)
+    return removed
