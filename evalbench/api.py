@@ -26,7 +26,7 @@ from evalbench.features import autocast, extract_features
 from evalbench.metrics import classification_metrics
 from evalbench.models import LazyModel, parse_model_spec
 from evalbench.models.base import ModelSpec
-from evalbench.probe import linear_probe
+from evalbench.probe import few_shot_probe, linear_probe, make_backend
 from evalbench.records import MODES, SCHEMA_VERSION, read_record, record_path, write_record
 from evalbench.tasks.loader import Task, TaskRegistry
 from evalbench.zeroshot import build_zeroshot_classifier, zeroshot_scores
@@ -51,6 +51,10 @@ class RunConfig:
     device: str = "auto"
     limit: int | None = None
     precision: str = "fp32"
+    probe_backend: str = "sklearn"
+    probe_normalize: bool = False
+    shots: tuple[int, ...] = ()  # k-shot probes instead of the full one
+    seeds: int = 3
     use_cache: bool = True
     cache_dtype: str = "float32"
     overwrite: bool = False
@@ -81,21 +85,33 @@ def record_mismatch(record: dict, spec: ModelSpec, task: Task, config: RunConfig
     return mismatch
 
 
+def result_keys(config: RunConfig) -> list[str]:
+    """The record keys this run produces: ``zeroshot``, ``linear_probe``, or ``linear_probe@K``
+    per requested shot count."""
+    keys = []
+    for mode in config.modes:
+        if mode == "linear_probe" and config.shots:
+            keys += [f"linear_probe@{k}" for k in config.shots]
+        else:
+            keys.append(mode)
+    return keys
+
+
 def pending_modes(record: dict | None, spec: ModelSpec, task: Task, config: RunConfig) -> list[str]:
-    """Modes of ``config.modes`` that the existing record lacks. A record made for another model
+    """Result keys of this run that the existing record lacks. A record made for another model
     spec, task hash or ``--limit`` is an error unless ``--overwrite``: results are never replaced
     silently."""
     if record is None or config.overwrite:
-        return list(config.modes)
+        return result_keys(config)
     mismatch = record_mismatch(record, spec, task, config)
     if mismatch:
         path = record_path(config.results_dir, spec.slug, task.name)
         raise EvalbenchError(f"{path}: holds results for {', '.join(mismatch)}; pass --overwrite to replace them")
-    return [m for m in config.modes if m not in record.get("results", {})]
+    return [m for m in result_keys(config) if m not in record.get("results", {})]
 
 
 def _roles(task: Task, modes: list[str]) -> list[str]:
-    return ["train", "val", "test"] if "linear_probe" in modes else ["test"]
+    return ["train", "val", "test"] if any(m.startswith("linear_probe") for m in modes) else ["test"]
 
 
 def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> dict[str, tuple]:
@@ -163,12 +179,23 @@ def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) 
         x, y = feats["test"]
         results["zeroshot"] = classification_metrics(y, zeroshot_scores(x, classifier), metric)
         results["zeroshot"].update(n=len(y), duration_s=round(time.perf_counter() - start, 3))
-    if "linear_probe" in modes:
+    backend = make_backend(config.probe_backend, str(model.device))
+    for mode in modes:
+        if not mode.startswith("linear_probe"):
+            continue
         start = time.perf_counter()
-        results["linear_probe"] = linear_probe(
-            feats["train"], feats["val"], feats["test"], n_classes, metric, progress=config.progress
-        )
-        results["linear_probe"]["duration_s"] = round(time.perf_counter() - start, 3)
+        if mode == "linear_probe":
+            result = linear_probe(
+                feats["train"], feats["val"], feats["test"], n_classes, metric, backend,
+                config.probe_normalize, config.progress,
+            )
+        else:
+            k = int(mode.split("@")[1])
+            result = few_shot_probe(
+                feats["train"], feats["val"], feats["test"], data.classnames, metric, k, config.seeds,
+                backend, config.probe_normalize, config.progress,
+            )
+        results[mode] = {**result, "duration_s": round(time.perf_counter() - start, 3)}
     return results
 
 
@@ -219,9 +246,9 @@ def evaluate(
             path = record_path(config.results_dir, spec.slug, task.name)
             existing = read_record(path)
             todo = pending_modes(existing, spec, task, config)
-            if "linear_probe" in todo and task.spec.splits.train is None:
+            if task.spec.splits.train is None and any(m.startswith("linear_probe") for m in todo):
                 log.info("%s: no train split, skipping the linear probe", task.name)
-                todo.remove("linear_probe")
+                todo = [m for m in todo if not m.startswith("linear_probe")]
             if not todo:
                 log.info("%s / %s: done already (%s); --overwrite reruns", spec.name, task.name, path)
                 written.append(path)

@@ -45,6 +45,23 @@ def _add_tasks_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _shots(text: str) -> tuple[int, ...]:
+    try:
+        shots = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not shots or min(shots) < 1:
+        raise argparse.ArgumentTypeError(f"expected shot counts >= 1, got {text!r}")
+    return shots
+
+
+def _add_probe_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--probe-backend", default="sklearn", choices=["sklearn", "torch"], help="logistic regression solver")
+    p.add_argument("--probe-normalize", action="store_true", help="L2-normalise features before the probe")
+    p.add_argument("--shots", type=_shots, default=(), metavar="K,K", help="k-shot probes, e.g. 1,2,4,8,16")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="draws per k-shot probe")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evalbench",
@@ -83,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--limit", type=_positive_int, default=None, help="evaluate at most N images per split")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="seed for --limit subsets")
+    _add_probe_options(run)
     run.add_argument("--overwrite", action="store_true", help="recompute and replace existing records")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -102,6 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     m_list = _sub(models_sub, "list", "open_clip architectures with their pretrained tags", "evalbench models list 'ViT-*'")
     m_list.add_argument("pattern", nargs="?", default=None)
+
+    probe = _sub(
+        sub,
+        "probe",
+        "the linear-probe protocol on features you bring (npz: x_train, y_train, [x_val, y_val,] x_test, y_test)",
+        "evalbench probe --features feats.npz --backend torch --shots 4 --seeds 3 --json",
+    )
+    probe.add_argument("--features", type=Path, required=True, metavar="FILE.npz")
+    probe.add_argument("--backend", default="sklearn", choices=["sklearn", "torch"])
+    probe.add_argument("--normalize", action="store_true", help="L2-normalise features first")
+    probe.add_argument("--shots", type=_positive_int, default=None, metavar="K", help="k-shot probe")
+    probe.add_argument("--seeds", type=_positive_int, default=3)
+    probe.add_argument("--metric", default="acc1", choices=["acc1", "acc5", "mean_per_class_recall"])
+    probe.add_argument("--device", default="cpu", help="device of the torch backend")
+    probe.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     cache = _sub(sub, "cache", "inspect or clear the feature cache", "evalbench cache clear 'ViT-B-32*'")
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
@@ -148,6 +181,10 @@ def cmd_run(args) -> int:
         device=args.device,
         limit=args.limit,
         precision=args.precision,
+        probe_backend=args.probe_backend,
+        probe_normalize=args.probe_normalize,
+        shots=args.shots,
+        seeds=args.seeds,
         use_cache=not args.no_cache,
         cache_dtype=args.cache_dtype,
         overwrite=args.overwrite,
@@ -230,6 +267,31 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    import json
+
+    from evalbench.probe import few_shot_probe, linear_probe, make_backend
+    from evalbench.probe.features_file import read_features_npz
+
+    splits = read_features_npz(args.features)
+    n_classes = int(max(y.max() for _, y in splits.values())) + 1
+    backend = make_backend(args.backend, args.device)
+    progress = not args.json and not args.quiet
+    if args.shots:
+        names = [str(i) for i in range(n_classes)]
+        result = few_shot_probe(*splits.values(), names, args.metric, args.shots, args.seeds, backend,
+                                args.normalize, progress)
+    else:
+        result = linear_probe(*splits.values(), n_classes, args.metric, backend, args.normalize, progress)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        shown = {k: v for k, v in result.items() if k not in {"val_scores", "runs"}}
+        for key, value in shown.items():
+            print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
+    return 0
+
+
 def cmd_cache(args) -> int:
     import pandas as pd
 
@@ -250,7 +312,7 @@ def cmd_cache(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "tasks": cmd_tasks, "models": cmd_models, "cache": cmd_cache, "report": cmd_report}
+COMMANDS = {"run": cmd_run, "probe": cmd_probe, "tasks": cmd_tasks, "models": cmd_models, "cache": cmd_cache, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

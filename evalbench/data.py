@@ -27,39 +27,56 @@ def normalise_name(name: str) -> str:
 
 def label_mapping(task: Task, classnames: list[str], label_names: list[str] | None, n_labels: int) -> np.ndarray:
     """``mapping[source_label] = task_class`` (an index into ``classnames``) for every label the
-    source can emit."""
+    source can emit.
+
+    By name (the default): when the data's names equal the task's names (or those of its class
+    subset) in order, label i is class i; otherwise each data name must match exactly one task
+    name. By index (``label_match: index``): label i is class i, or the i-th class of the subset
+    when the data has as many labels as the subset.
+    """
     spec = task.spec
-    expected = len(spec.class_subset) if spec.class_subset else len(classnames)
-    if spec.label_match == "index" or label_names is None:
-        if spec.label_match != "index":
-            raise EvalbenchError(
-                f"{task.path}: label_match: the data carries integer labels without names; "
-                "set `label_match: index` if its label order is that of classnames"
-            )
+    subset = spec.class_subset
+    if spec.label_match == "index":
         count = len(label_names) if label_names is not None else n_labels
-        if count > len(classnames):
-            raise EvalbenchError(
-                f"{task.path}: classnames: {len(classnames)} class names but the data has {count} labels"
-            )
+        if subset and count == len(subset):
+            return np.asarray(subset)
+        if count > len(classnames) or (label_names is not None and count != len(classnames)):
+            expected = f"{len(subset)} (the subset) or {len(classnames)}" if subset else str(len(classnames))
+            raise EvalbenchError(f"{task.path}: classnames: the task has {expected} classes but the data has {count} labels")
         return np.arange(max(count, 1))
+    if label_names is None:
+        raise EvalbenchError(
+            f"{task.path}: label_match: the data carries integer labels without names; "
+            "set `label_match: index` if its label order is that of classnames"
+        )
     keys = spec.label_names or classnames
     field = "label_names" if spec.label_names else "classnames"
-    where = {normalise_name(k): i for i, k in enumerate(keys)}
-    if len(where) != len(keys) and not spec.label_names:
-        # Published lists may repeat a name (ImageNet's two "missile"s): the data must then name
-        # its labels distinctly through label_names.
-        raise EvalbenchError(f"{task.path}: classnames: names repeat; give the data's own names in label_names")
+    data_names = [normalise_name(n) for n in label_names]
+    task_names = [normalise_name(k) for k in keys]
+    if data_names == task_names:
+        return np.arange(len(keys))
+    if subset and data_names == [task_names[i] for i in subset]:
+        return np.asarray(subset)
+    expected = len(subset) if subset else len(keys)
     if len(label_names) not in {expected, len(keys)}:
         raise EvalbenchError(
             f"{task.path}: {field}: the task has {expected} classes but the data has {len(label_names)} labels"
         )
-    missing = [n for n in label_names if normalise_name(n) not in where]
+    where: dict[str, list[int]] = {}
+    for i, name in enumerate(task_names):
+        where.setdefault(name, []).append(i)
+    missing = [n for n, d in zip(label_names, data_names) if d not in where]
     if missing:
         raise EvalbenchError(
             f"{task.path}: {field}: data labels not found among the task's names: {', '.join(missing[:5])}"
             f"{' ...' if len(missing) > 5 else ''} (set label_names to the data's own names)"
         )
-    return np.array([where[normalise_name(n)] for n in label_names])
+    ambiguous = [n for n, d in zip(label_names, data_names) if len(where[d]) > 1]
+    if ambiguous:
+        raise EvalbenchError(
+            f"{task.path}: {field}: '{ambiguous[0]}' names more than one class; give the data's own names in label_names"
+        )
+    return np.array([where[d][0] for d in data_names])
 
 
 def restrict_to_subset(task: Task, mapping: np.ndarray, subset: list[int]) -> np.ndarray:

@@ -14,6 +14,17 @@ FORMATS = ("md", "csv", "latex")
 SCALAR_METRICS = ("acc1", "acc5", "mean_per_class_recall", "main_score")
 
 
+def mode_order(mode: str) -> tuple:
+    """zeroshot, linear_probe, then k-shot probes by k."""
+    base, _, k = mode.partition("@")
+    return (MODES.index(base) if base in MODES else len(MODES), int(k) if k.isdigit() else -1, mode)
+
+
+def mode_label(mode: str) -> str:
+    """Short column labels: ``linear_probe@4`` -> ``lp@4``."""
+    return mode.replace("linear_probe@", "lp@")
+
+
 def long_table(records: list[dict]) -> pd.DataFrame:
     """One row per (model, task, mode, metric) with the metric's value (a fraction)."""
     rows = [
@@ -40,10 +51,8 @@ def main_score_tables(long: pd.DataFrame, suites: dict[str, SuiteSpec]) -> dict[
     task of the suite: never a mean over a subset."""
     tables = {}
     main = long[long.metric == "main_score"]
-    for mode in MODES:
+    for mode in sorted(set(main["mode"]), key=mode_order):
         part = main[main["mode"] == mode]
-        if part.empty:
-            continue
         table = part.pivot_table(index="model", columns="task", values="value", aggfunc="first")
         table = table.reindex(columns=sorted(table.columns))
         for suite in sorted(suites.values(), key=lambda s: s.name):
@@ -69,7 +78,7 @@ def render(records: list[dict], suites: dict[str, SuiteSpec], fmt: str = "md") -
     for mode, table in main_score_tables(long, suites).items():
         pct = (table * 100).round(2)
         if fmt == "md":
-            parts.append(f"### {mode} (main score, %)\n\n{pct.to_markdown(floatfmt='.2f', missingval='')}\n")
+            parts.append(f"### {mode_label(mode)} (main score, %)\n\n{pct.to_markdown(floatfmt='.2f', missingval='')}\n")
         else:
-            parts.append(pct.to_latex(float_format="%.2f", na_rep="", caption=f"{mode} (main score, %)"))
+            parts.append(pct.to_latex(float_format="%.2f", na_rep="", caption=f"{mode_label(mode)} (main score, %)"))
     return "\n".join(parts)

@@ -1,0 +1,156 @@
+"""Logistic-regression solvers for the probe: scikit-learn's, and a torch L-BFGS that solves the
+same objective on CPU or GPU.
+
+Both minimise, over weights W and an unpenalised intercept b,
+
+    sum_i loss(x_i W + b, y_i) + ||W||^2 / (2 C)
+
+with the multinomial cross-entropy for single-label data with 3+ classes, the binary logistic
+loss (one weight vector) for two classes, and one binary problem per class (one-vs-rest) for
+multi-label data: scikit-learn's ``LogisticRegression(solver="lbfgs")`` objective in each case.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Backend(Protocol):
+    name: str
+
+    def fit(self, x: np.ndarray, y: np.ndarray, c: float, init: Any = None) -> Any:
+        """Fit at regularisation C, optionally warm-started from an earlier fit's model."""
+
+    def scores(self, model: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
+        """Class scores (n, n_classes); classes unseen in training score lowest."""
+
+
+class SklearnBackend:
+    name = "sklearn"
+
+    def __init__(self, max_iter: int = 1000):
+        self.max_iter = max_iter
+
+    def fit(self, x, y, c, init=None):
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.multiclass import OneVsRestClassifier
+
+        clf = LogisticRegression(C=c, max_iter=self.max_iter, solver="lbfgs")
+        if y.ndim == 2:
+            clf = OneVsRestClassifier(clf)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.filterwarnings("ignore", message="Label .*present in all training examples")
+            return clf.fit(x, y)
+
+    def scores(self, model, x, n_classes):
+        if y_is_multilabel(model):
+            return model.predict_proba(x)
+        out = np.zeros((len(x), n_classes))
+        out[:, model.classes_] = model.predict_proba(x)
+        return out
+
+
+def y_is_multilabel(model) -> bool:
+    return type(model).__name__ == "OneVsRestClassifier"
+
+
+@dataclass
+class TorchModel:
+    weight: Any  # torch.Tensor (d, k)
+    bias: Any  # torch.Tensor (k,)
+    classes: np.ndarray  # the training classes, in column order
+    kind: str  # "multinomial" | "binary" | "ovr"
+
+
+class TorchBackend:
+    """Full-batch L-BFGS with a strong-Wolfe line search, in float32 on ``device``."""
+
+    name = "torch"
+
+    def __init__(self, device: str = "cpu", max_iter: int = 1000, tol: float = 1e-5):
+        self.device, self.max_iter, self.tol = device, max_iter, tol
+        self._data: tuple | None = None
+
+    def _tensors(self, x: np.ndarray, y: np.ndarray):
+        import torch
+
+        # The sweep fits the same arrays many times: move them to the device once.
+        if self._data is None or self._data[0] is not x or self._data[1] is not y:
+            classes = np.arange(y.shape[1]) if y.ndim == 2 else np.unique(y)
+            if y.ndim == 2:
+                target = torch.as_tensor(y, dtype=torch.float32, device=self.device)
+                kind = "ovr"
+            elif len(classes) == 2:
+                target = torch.as_tensor(y == classes[1], dtype=torch.float32, device=self.device)[:, None]
+                kind = "binary"
+            else:
+                target = torch.as_tensor(np.searchsorted(classes, y), dtype=torch.long, device=self.device)
+                kind = "multinomial"
+            xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+            self._data = (x, y, xt, target, classes, kind)
+        return self._data[2:]
+
+    def fit(self, x, y, c, init: TorchModel | None = None) -> TorchModel:
+        import torch
+        import torch.nn.functional as F
+
+        xt, target, classes, kind = self._tensors(x, y)
+        n, d = xt.shape
+        k = 1 if kind == "binary" else (target.shape[1] if kind == "ovr" else len(classes))
+        with torch.enable_grad():
+            if init is not None and init.weight.shape == (d, k):
+                w = init.weight.detach().clone().requires_grad_(True)
+                b = init.bias.detach().clone().requires_grad_(True)
+            else:
+                w = torch.zeros(d, k, device=self.device, requires_grad=True)
+                b = torch.zeros(k, device=self.device, requires_grad=True)
+            opt = torch.optim.LBFGS(
+                [w, b], lr=1, max_iter=self.max_iter, tolerance_grad=self.tol, tolerance_change=1e-9,
+                history_size=20, line_search_fn="strong_wolfe",
+            )
+
+            def closure():
+                opt.zero_grad()
+                logits = xt @ w + b
+                if kind == "multinomial":
+                    loss = F.cross_entropy(logits, target, reduction="sum")
+                else:
+                    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+                # Divided by n: the same optimum as scikit-learn's, with a well-scaled gradient.
+                objective = (loss + (w * w).sum() / (2 * c)) / n
+                objective.backward()
+                return objective
+
+            opt.step(closure)
+        return TorchModel(w.detach(), b.detach(), classes, kind)
+
+    def scores(self, model: TorchModel, x, n_classes):
+        import torch
+
+        with torch.no_grad():
+            logits = torch.as_tensor(x, dtype=torch.float32, device=self.device) @ model.weight + model.bias
+            if model.kind == "ovr":
+                return torch.sigmoid(logits).cpu().numpy()
+            if model.kind == "binary":
+                logits = torch.cat([-logits / 2, logits / 2], dim=1)  # same ranking and argmax
+            probs = torch.softmax(logits, dim=1).cpu().numpy()
+        out = np.zeros((len(x), n_classes))
+        out[:, model.classes] = probs
+        return out
+
+
+BACKENDS = ("sklearn", "torch")
+
+
+def make_backend(name: str, device: str = "cpu") -> Backend:
+    if name == "sklearn":
+        return SklearnBackend()
+    if name == "torch":
+        return TorchBackend(device=device)
+    raise ValueError(f"unknown probe backend {name!r}")
