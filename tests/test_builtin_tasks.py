@@ -1,0 +1,278 @@
+"""Every built-in task file against the published facts it claims to encode.
+
+The expected values here are typed in from the publications (the CLIP paper and its
+data/prompts.md, the ImageNet-A/R releases, the mirrors' classnames.txt), not computed from the
+task files, so a wrong or reordered list in a YAML file fails a test. Offline and fast: nothing
+is downloaded and no model is built.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evalbench.data import normalise_name
+from evalbench.tasks.loader import BUILTIN_TASKS_DIR, TaskRegistry
+
+REGISTRY = TaskRegistry()
+NAMES = REGISTRY.names()
+SUITES = REGISTRY.suites()
+
+# Class counts as published (CLIP paper Table 9 / data/prompts.md, dataset papers).
+PUBLISHED_COUNTS = {
+    "food101": 101, "cifar10": 10, "cifar100": 100, "birdsnap": 500, "sun397": 397, "cars": 196,
+    "fgvc-aircraft": 100, "voc2007": 20, "dtd": 47, "pets": 37,
+    "caltech101": 102,  # CLIP's 102 includes the BACKGROUND_Google class
+    "flowers102": 102, "mnist": 10, "fer2013": 7, "stl10": 10, "eurosat": 10, "resisc45": 45,
+    "gtsrb": 43, "kitti-distance": 4, "country211": 211, "pcam": 2, "ucf101": 101,
+    "kinetics700": 700, "clevr-count": 8, "hateful-memes": 2, "rendered-sst2": 2,
+    "imagenet1k": 1000, "imagenetv2": 1000, "imagenet-sketch": 1000,
+}
+SUBSET_COUNTS = {"imagenet-a": 200, "imagenet-r": 200}
+# Tasks whose class names come from the data at run time, with the reason.
+NAMES_FROM_DATA = {"objectnet": 113}  # 9 of the 113 ObjectNet names could not be verified offline
+
+MAIN_METRIC = {
+    "fgvc-aircraft": "mean_per_class_recall", "pets": "mean_per_class_recall",
+    "caltech101": "mean_per_class_recall", "flowers102": "mean_per_class_recall",
+    "hateful-memes": "roc_auc", "voc2007": "map_11pt", "pcam": "acc1", "cifar10": "acc1",
+    "imagenet1k": "acc1", "imagenet-a": "acc1", "kinetics700": "acc1",
+}
+
+IMAGENET_FAMILY = {"imagenet1k", "imagenetv2", "imagenet-sketch", "imagenet-a", "imagenet-r"}
+# The only repeated names in CLIP's published ImageNet list (index -> WordNet synset):
+# 657 n03773504 missile / 744 n04008634 projectile, missile;
+# 836 n04355933 sunglass / 837 n04356056 sunglasses, dark glasses, shades.
+IMAGENET_DUPLICATES = {"missile": [657, 744], "sunglasses": [836, 837]}
+
+# Revisions that are a branch, not a commit: no full sha for these mirrors was found offline.
+UNPINNED = {
+    "food101", "cifar10", "cifar100", "sun397", "cars", "fgvc-aircraft", "dtd", "caltech101",
+    "flowers102", "mnist", "stl10", "resisc45", "kitti-distance", "eurosat", "voc2007",
+}
+SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _task(name):
+    return REGISTRY.get(name)
+
+
+def _norm(names):
+    return [normalise_name(n) for n in names]
+
+
+def test_builtin_tasks_are_found():
+    expected = set(PUBLISHED_COUNTS) | set(SUBSET_COUNTS) | set(NAMES_FROM_DATA)
+    assert expected <= set(NAMES), sorted(expected - set(NAMES))
+
+
+def test_cli_validate_exits_zero():
+    proc = subprocess.run(
+        [sys.executable, "-m", "evalbench", "tasks", "validate", str(BUILTIN_TASKS_DIR)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_task_is_well_formed(name):
+    spec = _task(name).spec
+    assert spec.name == name
+    assert spec.templates, "every task names its own templates"
+    assert all("{c}" in t for t in spec.templates)
+    assert len(set(spec.templates)) == len(spec.templates), "repeated template"
+    if spec.classnames is not None:
+        duplicates = {}
+        for i, n in enumerate(_norm(spec.classnames)):
+            duplicates.setdefault(n, []).append(i)
+        duplicates = {n: ix for n, ix in duplicates.items() if len(ix) > 1}
+        if name in IMAGENET_FAMILY:
+            assert duplicates == IMAGENET_DUPLICATES
+            assert spec.label_match == "index" or spec.class_subset is not None
+        else:
+            assert duplicates == {}
+    if spec.label_names is not None:
+        assert len(set(_norm(spec.label_names))) == len(spec.label_names), "label_names not distinct"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hub_sources_have_a_revision(name):
+    ds = _task(name).spec.dataset
+    on_hub = ds["source"] == "hf" or (ds["source"] == "webdataset" and str(ds["path"]).startswith("hf://"))
+    if not on_hub:
+        return
+    assert ds.get("revision"), "hub source without a revision"
+    if name in UNPINNED:
+        assert ds["revision"] == "main"
+    else:
+        assert SHA.match(ds["revision"]), f"revision {ds['revision']!r} is not a commit sha"
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_COUNTS))
+def test_class_counts_match_publication(name):
+    spec = _task(name).spec
+    assert spec.classnames is not None
+    assert len(spec.classnames) == PUBLISHED_COUNTS[name]
+    assert spec.class_subset is None
+
+
+@pytest.mark.parametrize("name", sorted(SUBSET_COUNTS))
+def test_subset_counts(name):
+    spec = _task(name).spec
+    assert len(spec.classnames) == 1000
+    assert len(spec.class_subset) == SUBSET_COUNTS[name]
+    assert spec.class_subset == sorted(spec.class_subset)
+    subset_names = _norm(spec.classnames[i] for i in spec.class_subset)
+    assert len(set(subset_names)) == len(subset_names), "names must be unique within the subset"
+
+
+@pytest.mark.parametrize("name", sorted(NAMES_FROM_DATA))
+def test_names_from_data(name):
+    spec = _task(name).spec
+    assert spec.classnames is None and spec.class_subset is None
+    assert spec.templates and len(spec.templates) == 80
+
+
+@pytest.mark.parametrize("name", sorted(MAIN_METRIC))
+def test_main_metric(name):
+    assert _task(name).spec.main_metric == MAIN_METRIC[name]
+
+
+def test_multilabel_and_unavailable():
+    assert _task("voc2007").spec.type == "multilabel"
+    for name in ("birdsnap", "kinetics700", "hateful-memes", "voc2007"):
+        assert _task(name).spec.unavailable
+    for name in ("cifar10", "imagenet1k", "pets", "ucf101"):
+        assert _task(name).spec.unavailable is None
+
+
+# ---- published names and orders --------------------------------------------------------------
+
+
+def test_imagenet_names_and_templates():
+    spec = _task("imagenet1k").spec
+    c = spec.classnames
+    assert (c[0], c[1], c[21], c[134], c[517], c[999]) == (
+        "tench", "goldfish", "kite (bird of prey)", "crane bird", "construction crane", "toilet paper")
+    assert len(spec.templates) == 80
+    assert spec.templates[0] == "a bad photo of a {c}."
+    assert spec.templates[-1] == "a tattoo of the {c}."
+    assert {"itap of a {c}.", "a origami {c}.", "a {c} in a video game."} <= set(spec.templates)
+    for name in IMAGENET_FAMILY | {"objectnet"}:
+        assert _task(name).spec.templates == spec.templates
+
+
+def test_imagenet_duplicates_against_wordnet_order():
+    timm_info = Path(pytest.importorskip("timm").__file__).parent / "data" / "_info"
+    synsets = (timm_info / "imagenet_synsets.txt").read_text().split()
+    assert synsets == sorted(synsets) and len(synsets) == 1000
+    assert [synsets[i] for i in (657, 744, 836, 837)] == ["n03773504", "n04008634", "n04355933", "n04356056"]
+
+
+@pytest.mark.parametrize("name,first,names_at", [
+    ("imagenet-a", [6, 11, 13, 15, 17, 22, 23, 27, 30, 37], {6: "stingray", 11: "goldfinch"}),
+    ("imagenet-r", [1, 2, 4, 6, 8, 9, 11, 13, 22, 23], {1: "goldfish", 2: "great white shark"}),
+])
+def test_imagenet_subsets_as_published(name, first, names_at):
+    spec = _task(name).spec
+    assert spec.class_subset[:10] == first
+    for i, n in names_at.items():
+        assert i in spec.class_subset and spec.classnames[i] == n
+    # The same indices as timm ships (an independent copy of the authors' lists), if installed.
+    timm = pytest.importorskip("timm")
+    letter = name[-1]
+    path = Path(timm.__file__).parent / "data" / "_info" / f"imagenet_{letter}_indices.txt"
+    assert spec.class_subset == [int(x) for x in path.read_text().split()]
+
+
+def test_cifar10_and_cifar100():
+    assert _task("cifar10").spec.classnames == [
+        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    c100 = _task("cifar100").spec.classnames
+    assert (c100[0], c100[1], c100[41], c100[99]) == ("apple", "aquarium fish", "lawn mower", "worm")
+
+
+def test_small_lists_as_published():
+    assert _task("stl10").spec.classnames[7] == "monkey"
+    assert _task("mnist").spec.classnames == [str(i) for i in range(10)]
+    assert _task("pcam").spec.classnames == ["lymph node", "lymph node containing metastatic tumor tissue"]
+    assert _task("hateful-memes").spec.classnames == ["meme", "hatespeech meme"]
+    assert _task("rendered-sst2").spec.classnames == ["negative", "positive"]
+    assert _task("kitti-distance").spec.templates == ["{c}"]
+    assert _task("fer2013").spec.classnames == [
+        "angry", "disgusted", "fearful", "happy", "sad", "surprised", "neutral"]
+    assert _task("caltech101").spec.classnames[:3] == ["background", "off-center face", "centered face"]
+    assert _task("country211").spec.classnames[:3] == ["Andorra", "United Arab Emirates", "Afghanistan"]
+    assert _task("gtsrb").spec.classnames[14] == "stop"
+    assert _task("sun397").spec.classnames[0] == "abbey" and _task("sun397").spec.classnames[-1] == "youth hostel"
+    assert _task("cars").spec.classnames[0] == "AM General Hummer SUV 2000"
+    assert _task("fgvc-aircraft").spec.classnames[0] == "707-320"
+    kin = _task("kinetics700").spec.classnames
+    assert kin[0] == "abseiling" and kin[-1] == "zumba" and kin == sorted(kin, key=str.lower)
+
+
+# Data orders of the mirrors' classnames.txt (CLIP_benchmark's names, the datasets' own label order).
+EUROSAT_DATA = [
+    "annual crop land", "forest", "brushland or shrubland", "highway or road",
+    "industrial buildings or commercial buildings", "pasture land", "permanent crop land",
+    "residential buildings or homes or apartments", "river", "lake or sea",
+]
+PETS_DATA = [
+    "Abyssinian", "American Bulldog", "American Pit Bull Terrier", "Basset Hound", "Beagle", "Bengal",
+    "Birman", "Bombay", "Boxer", "British Shorthair", "Chihuahua", "Egyptian Mau", "English Cocker Spaniel",
+    "English Setter", "German Shorthaired", "Great Pyrenees", "Havanese", "Japanese Chin", "Keeshond",
+    "Leonberger", "Maine Coon", "Miniature Pinscher", "Newfoundland", "Persian", "Pomeranian", "Pug",
+    "Ragdoll", "Russian Blue", "Saint Bernard", "Samoyed", "Scottish Terrier", "Shiba Inu", "Siamese",
+    "Sphynx", "Staffordshire Bull Terrier", "Wheaten Terrier", "Yorkshire Terrier",
+]
+CLEVR_DATA = ["three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def _data_to_task(spec, data_names):
+    """Where each data label lands among the task's classes, matching by label_names."""
+    where = {n: i for i, n in enumerate(_norm(spec.label_names))}
+    return [where[n] for n in _norm(data_names)]
+
+
+@pytest.mark.parametrize("name,data_names,expected", [
+    # data label -> CLIP class index, read off the two published lists
+    ("eurosat", EUROSAT_DATA, [7, 0, 6, 9, 8, 4, 1, 2, 3, 5]),
+    ("clevr-count", CLEVR_DATA, [1, 2, 3, 4, 5, 6, 7, 0]),
+    ("pets", PETS_DATA, [0, 12, 13, 14, 15, 1, 2, 3, 16, 4, 17, 5, 18, 19, 20, 21, 22, 23, 24, 25,
+                         6, 26, 27, 7, 28, 29, 8, 9, 30, 31, 32, 33, 10, 11, 34, 35, 36]),
+])
+def test_label_names_map_published_orders(name, data_names, expected):
+    spec = _task(name).spec
+    assert spec.label_names is not None, "the mapping must be explicit"
+    assert spec.label_match == "name"
+    assert _data_to_task(spec, data_names) == expected
+
+
+def test_clip_orders_differ_from_data_orders():
+    # Guards the reason label_names exist: CLIP's published orders are not the data's.
+    assert _task("eurosat").spec.classnames[0] == "forest"
+    assert _task("clevr-count").spec.classnames[0] == "10"
+    assert _task("pets").spec.classnames[12] == "american bulldog"
+
+
+# ---- suites -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_suite_tasks_exist(suite):
+    tasks = SUITES[suite].tasks
+    assert len(set(tasks)) == len(tasks)
+    assert set(tasks) <= set(NAMES), sorted(set(tasks) - set(NAMES))
+
+
+def test_suite_contents():
+    assert len(SUITES["clip-27"].tasks) == 27
+    assert set(SUITES["clip-27"].tasks) == set(PUBLISHED_COUNTS) - {"imagenetv2", "imagenet-sketch"}
+    assert set(SUITES["imagenet-robustness"].tasks) == IMAGENET_FAMILY | {"objectnet"}
+    quick = SUITES["quick"].tasks
+    assert 4 <= len(quick) <= 5
+    assert not any(_task(n).spec.unavailable for n in quick)
