@@ -27,7 +27,7 @@ from evalbench.metrics import classification_metrics
 from evalbench.models import LazyModel, parse_model_spec
 from evalbench.models.base import ModelSpec
 from evalbench.probe import few_shot_probe, linear_probe, make_backend
-from evalbench.records import MODES, SCHEMA_VERSION, read_record, record_path, write_record
+from evalbench.records import MODES, SCHEMA_VERSION, pack_predictions, read_record, record_path, write_record
 from evalbench.tasks.loader import Task, TaskRegistry
 from evalbench.zeroshot import build_zeroshot_classifier, zeroshot_scores
 
@@ -177,8 +177,11 @@ def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) 
         start = time.perf_counter()
         classifier = _classifier(model, data, config, task)
         x, y = feats["test"]
-        results["zeroshot"] = classification_metrics(y, zeroshot_scores(x, classifier), metric)
+        scores = zeroshot_scores(x, classifier)
+        results["zeroshot"] = classification_metrics(y, scores, metric)
         results["zeroshot"].update(n=len(y), duration_s=round(time.perf_counter() - start, 3))
+        if y.ndim == 1:
+            results["zeroshot"]["per_sample"] = pack_predictions(scores, y)
     backend = make_backend(config.probe_backend, str(model.device))
     for mode in modes:
         if not mode.startswith("linear_probe"):

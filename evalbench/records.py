@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
+
+import numpy as np
 
 from evalbench.errors import EvalbenchError
 
@@ -57,3 +61,27 @@ def iter_records(results_dir: Path):
         record = read_record(path)
         if record is not None:
             yield path, record
+
+
+def _pack(array: np.ndarray) -> str:
+    return base64.b64encode(zlib.compress(array.tobytes(), 9)).decode("ascii")
+
+
+def _unpack(text: str, dtype) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=dtype)
+
+
+def pack_predictions(scores: np.ndarray, y_true: np.ndarray) -> dict:
+    """Per-test-image predictions, compactly: the predicted class (int32) and correctness (bits),
+    each zlib-compressed and base64-encoded, in the order of the task's test rows."""
+    pred = np.asarray(scores).argmax(axis=1).astype(np.int32)
+    correct = pred == np.asarray(y_true)
+    return {"n": len(pred), "pred": _pack(pred), "correct": _pack(np.packbits(correct))}
+
+
+def unpack_predictions(per_sample: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted class, correct as bool) arrays from :func:`pack_predictions`."""
+    n = per_sample["n"]
+    pred = _unpack(per_sample["pred"], np.int32)
+    correct = np.unpackbits(_unpack(per_sample["correct"], np.uint8))[:n].astype(bool)
+    return pred, correct

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from evalbench.errors import EvalbenchError
 from evalbench.metrics import METRICS, classification_metrics
 from evalbench.probe.backends import Backend, SklearnBackend
+from evalbench.records import pack_predictions
 
 LOG_LAMBDA_RANGE = (-6, 6)
 STEPS_PER_DECADE = 8
@@ -96,7 +97,10 @@ def linear_probe(
     train, val, test = (_prepare(s, normalize) for s in (train, val, test))
     sweep = choose_c(*train, *val, n_classes=n_classes, metric=metric, backend=backend, progress=progress)
     model = backend.fit(np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]), sweep.best_c)
-    result = classification_metrics(test[1], backend.scores(model, test[0], n_classes), metric)
+    scores = backend.scores(model, test[0], n_classes)
+    result = classification_metrics(test[1], scores, metric)
+    if test[1].ndim == 1:
+        result["per_sample"] = pack_predictions(scores, test[1])
     result.update(
         C=sweep.best_c,
         n_train=len(train[1]),
