@@ -19,15 +19,16 @@ import numpy as np
 import torch
 
 import evalbench
+from evalbench.cache import FeatureCache
 from evalbench.data import Rows, TaskData, load_task_data
 from evalbench.errors import EvalbenchError
-from evalbench.cache import FeatureCache
 from evalbench.features import autocast, extract_features
 from evalbench.metrics import classification_metrics
 from evalbench.models import LazyModel, parse_model_spec
 from evalbench.models.base import ModelSpec
 from evalbench.probe import few_shot_probe, linear_probe, make_backend
 from evalbench.records import MODES, SCHEMA_VERSION, pack_predictions, read_record, record_path, write_record
+from evalbench.retrieval import encode_texts, retrieval_metrics
 from evalbench.tasks.loader import Task, TaskRegistry
 from evalbench.zeroshot import build_zeroshot_classifier, zeroshot_scores
 
@@ -97,17 +98,24 @@ def result_keys(config: RunConfig) -> list[str]:
     return keys
 
 
+def task_keys(task: Task, config: RunConfig) -> list[str]:
+    """Result keys for this task: retrieval tasks have one, ``retrieval``, run with ``zeroshot``."""
+    if task.spec.type == "retrieval":
+        return ["retrieval"] if "zeroshot" in config.modes else []
+    return result_keys(config)
+
+
 def pending_modes(record: dict | None, spec: ModelSpec, task: Task, config: RunConfig) -> list[str]:
     """Result keys of this run that the existing record lacks. A record made for another model
     spec, task hash or ``--limit`` is an error unless ``--overwrite``: results are never replaced
     silently."""
     if record is None or config.overwrite:
-        return result_keys(config)
+        return task_keys(task, config)
     mismatch = record_mismatch(record, spec, task, config)
     if mismatch:
         path = record_path(config.results_dir, spec.slug, task.name)
         raise EvalbenchError(f"{path}: holds results for {', '.join(mismatch)}; pass --overwrite to replace them")
-    return [m for m in result_keys(config) if m not in record.get("results", {})]
+    return [m for m in task_keys(task, config) if m not in record.get("results", {})]
 
 
 def _roles(task: Task, modes: list[str]) -> list[str]:
@@ -165,8 +173,43 @@ def _classifier(model: LazyModel, data: TaskData, config: RunConfig, task: Task)
     return classifier
 
 
+def _text_features(model: LazyModel, texts: list[str], config: RunConfig, task: Task) -> np.ndarray:
+    """Caption embeddings, from the cache when the same captions were encoded before."""
+    cache = FeatureCache(config.cache_dir if config.use_cache else None)
+    key = {"model": model.fingerprint, "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+           "precision": config.precision}
+    cached = cache.load_text(key)
+    if cached is not None:
+        return cached
+    adapter = model.get()
+    with autocast(adapter.device, config.precision):
+        feats = encode_texts(adapter, texts, progress=config.progress)
+    cache.save_text(key, feats, {"model": model.spec.name, "task": task.name, "classes": len(texts)})
+    return feats
+
+
+def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> dict:
+    """Image-text retrieval metrics on the test split."""
+    data = load_task_data(task, ["test"], config.cache_dir, config.limit, config.seed)
+    start = time.perf_counter()
+    images, _ = _features(model, data, config, task)["test"]
+    view = data.views["test"]
+    captions = data.sources[view.source_split].captions
+    texts, text_image = [], []
+    for position, row in enumerate(view.indices):
+        texts += captions[row]
+        text_image += [position] * len(captions[row])
+    text_feats = _text_features(model, texts, config, task)
+    result = retrieval_metrics(images, text_feats, np.asarray(text_image))
+    result.update(main_score=result[task.spec.main_metric], n=len(images), n_texts=len(texts),
+                  duration_s=round(time.perf_counter() - start, 3))
+    return {"retrieval": result}
+
+
 def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) -> dict:
     """Results per mode for one (model, task)."""
+    if task.spec.type == "retrieval":
+        return run_retrieval(model, task, config)
     data = load_task_data(task, _roles(task, modes), config.cache_dir, config.limit, config.seed)
     if "zeroshot" in modes and not data.templates:
         raise EvalbenchError(f"{task.path}: templates: missing, and the data ships none (zero-shot needs them)")

@@ -163,8 +163,8 @@ def load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | N
     """Load the splits behind ``roles`` (a subset of train/val/test) and map their labels."""
     spec = task.spec
     source = open_source(task, cache_dir)
-    classnames = spec.classnames or source.classnames()
-    if not classnames:
+    classnames = [] if spec.type == "retrieval" else spec.classnames or source.classnames()
+    if not classnames and spec.type != "retrieval":
         raise EvalbenchError(f"{task.path}: classnames: missing, and the data ships none")
     templates = spec.templates or source.templates()
     if spec.class_subset:
@@ -180,6 +180,12 @@ def load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | N
 
     views: dict[str, SplitView] = {}
     for name, data in sources.items():
+        if spec.type == "retrieval":
+            if data.captions is None:
+                raise EvalbenchError(f"{task.path}: dataset: type retrieval needs captions, and split '{name}' has none")
+            rows = _subset(len(data.captions), limit, seed)
+            views["test"] = SplitView(name, rows, np.zeros(len(rows), dtype=np.int64), data.ids)
+            continue
         flat = [x for y in data.labels for x in y] if spec.type == "multilabel" else data.labels
         mapping = label_mapping(task, spec.classnames or classnames, data.label_names, max(flat, default=-1) + 1)
         if spec.class_subset:

@@ -53,6 +53,7 @@ IMAGENET_DUPLICATES = {"missile": [657, 744], "sunglasses": [836, 837]}
 UNPINNED = {
     "food101", "cifar10", "cifar100", "sun397", "cars", "fgvc-aircraft", "dtd", "caltech101",
     "flowers102", "mnist", "stl10", "resisc45", "kitti-distance", "eurosat", "voc2007",
+    "flickr30k", "mscoco-5k",
 }
 SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -82,6 +83,10 @@ def test_cli_validate_exits_zero():
 def test_task_is_well_formed(name):
     spec = _task(name).spec
     assert spec.name == name
+    if spec.type == "retrieval":
+        assert spec.classnames is None and spec.templates is None, "retrieval tasks take captions from the data"
+        assert spec.main_metric == "mean_recall@1"
+        return
     assert spec.templates, "every task names its own templates"
     assert all("{c}" in t for t in spec.templates)
     assert len(set(spec.templates)) == len(spec.templates), "repeated template"

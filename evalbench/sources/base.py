@@ -31,12 +31,14 @@ class SplitData:
     own label order); ``labels[i]`` is that same int, known without decoding the image.
     ``label_names`` is None when the data carries only integer labels. ``ids`` are stable
     per-sample identifiers (file paths, hub row keys) used for leak checks, or None.
+    For retrieval data, ``captions[i]`` lists the captions of image i (labels are then unused).
     """
 
     dataset: Dataset
     labels: list[int]
     label_names: list[str] | None
     ids: list[str] | None = None
+    captions: list[list[str]] | None = None
 
 
 class Source(Protocol):
@@ -63,6 +65,7 @@ SOURCES: dict[str, str] = {
     "imagefolder": "evalbench.sources.imagefolder:ImageFolderSource",
     "webdataset": "evalbench.sources.webdataset:WebDatasetSource",
     "generated": "evalbench.sources.generated:GeneratedSource",
+    "captionfolder": "evalbench.sources.captionfolder:CaptionFolderSource",
 }
 
 

@@ -21,7 +21,8 @@ class HFConfig(SourceConfig):
     revision: str | None = None
     name: str | None = None
     image_column: str = "image"
-    label_column: str = "label"
+    label_column: str | None = "label"
+    caption_column: str | None = None  # retrieval: a list of captions per image
     id_column: str | None = None
 
 
@@ -82,11 +83,19 @@ class HFSource:
     def load_split(self, split: str) -> SplitData:
         table = self._load(split)
         cfg = self.config
-        for column in (cfg.image_column, cfg.label_column, cfg.id_column):
+        label_column = None if cfg.caption_column else cfg.label_column
+        for column in (cfg.image_column, label_column, cfg.caption_column, cfg.id_column):
             if column and column not in table.column_names:
                 raise EvalbenchError(
                     f"dataset: column '{column}' not in {cfg.path} (columns: {', '.join(table.column_names)})"
                 )
+        ids = [str(v) for v in table[cfg.id_column]] if cfg.id_column else None
+        if cfg.caption_column:
+            captions = [[c] if isinstance(c, str) else list(c) for c in table[cfg.caption_column]]
+            labels = [0] * len(captions)
+            return SplitData(HFImages(table, cfg.image_column, labels), labels, None, ids, captions)
+        if label_column is None:
+            raise EvalbenchError("dataset.label_column: required for classification data")
         feature = table.features[cfg.label_column]
         raw = table[cfg.label_column]
         inner = getattr(feature, "feature", None)  # a list of ClassLabel: multi-label data
@@ -100,7 +109,6 @@ class HFSource:
             labels = [index[v] for v in raw]
         else:
             names, labels = None, [int(v) for v in raw]
-        ids = [str(v) for v in table[cfg.id_column]] if cfg.id_column else None
         return SplitData(HFImages(table, cfg.image_column, labels), labels, names, ids)
 
     def fingerprint(self) -> str:

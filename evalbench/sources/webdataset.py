@@ -2,7 +2,8 @@
 
 Layout: ``SPLIT/nshards.txt`` and ``SPLIT/0.tar ...`` whose members are ``KEY.{png,jpg,jpeg,webp}``
 plus ``KEY.cls`` (an integer label); ``classnames.txt`` and
-``zeroshot_classification_templates.txt`` at the root. ``path`` is a local folder or a hub
+``zeroshot_classification_templates.txt`` at the root. Retrieval data (``dataset_type.txt`` at the
+root says ``retrieval``) has ``KEY.txt`` members instead, one caption per line. ``path`` is a local folder or a hub
 dataset (``hf://datasets/ORG/NAME`` or ``https://huggingface.co/datasets/ORG/NAME``), which is
 downloaded once into the Hugging Face cache. Members are indexed once so that images are read by
 seeking, in any order, from any DataLoader worker.
@@ -63,8 +64,8 @@ def _read_lines(path: Path) -> list[str] | None:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def index_tar(tar_path: Path) -> list[tuple[str, tuple[str, int, int] | None, int | None]]:
-    """(key, image entry, label) per sample of one shard, in member order."""
+def index_tar(tar_path: Path) -> list[tuple[str, tuple[str, int, int] | None, int | list[str] | None]]:
+    """(key, image entry, label or captions) per sample of one shard, in member order."""
     samples: dict[str, dict] = {}
     with tarfile.open(tar_path) as tar:
         for member in tar:
@@ -78,8 +79,11 @@ def index_tar(tar_path: Path) -> list[tuple[str, tuple[str, int, int] | None, in
             if ext in IMAGE_EXTS:
                 sample["image"] = (str(tar_path), member.offset_data, member.size)
             elif ext == "cls":
-                sample["cls"] = int(tar.extractfile(member).read().decode().strip())
-    return [(k, s.get("image"), s.get("cls")) for k, s in samples.items()]
+                sample["target"] = int(tar.extractfile(member).read().decode().strip())
+            elif ext == "txt":
+                text = tar.extractfile(member).read().decode("utf-8")
+                sample["target"] = [line.strip() for line in text.splitlines() if line.strip()]
+    return [(k, s.get("image"), s.get("target")) for k, s in samples.items()]
 
 
 class WebDatasetSource:
@@ -129,15 +133,20 @@ class WebDatasetSource:
         missing = [t for t in tars if not t.is_file()]
         if missing or not tars:
             raise EvalbenchError(f"dataset.path: shard {missing[0] if missing else split_dir / '0.tar'} not found")
-        entries, labels, ids = [], [], []
+        retrieval = (_read_lines(root / "dataset_type.txt") or ["classification"])[0] == "retrieval"
+        member = ".txt caption" if retrieval else ".cls label"
+        entries, targets, ids = [], [], []
         for tar_path in tars:
-            for key, image, label in index_tar(tar_path):
-                if image is None or label is None:
-                    raise EvalbenchError(f"dataset.path: {tar_path}: sample '{key}' lacks an image or a .cls label")
+            for key, image, target in index_tar(tar_path):
+                if image is None or target is None or isinstance(target, list) != retrieval:
+                    raise EvalbenchError(f"dataset.path: {tar_path}: sample '{key}' lacks an image or a {member}")
                 entries.append(image)
-                labels.append(label)
+                targets.append(target)
                 ids.append(f"{split}/{key}")
-        return SplitData(TarImages(entries, labels), labels, self.classnames(), ids)
+        if retrieval:
+            labels = [0] * len(entries)
+            return SplitData(TarImages(entries, labels), labels, None, ids, targets)
+        return SplitData(TarImages(entries, targets), targets, self.classnames(), ids)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(f"{self.config.path}@{self.config.revision}".encode())

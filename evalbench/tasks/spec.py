@@ -6,8 +6,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MainMetric = Literal["acc1", "acc5", "mean_per_class_recall", "map_11pt", "roc_auc"]
-TaskType = Literal["classification", "multilabel"]
+RETRIEVAL_METRICS = (
+    "mean_recall@1",
+    *(f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)),
+)
+MainMetric = Literal[
+    "acc1", "acc5", "mean_per_class_recall", "map_11pt", "roc_auc",
+    "mean_recall@1",
+    "image_retrieval_recall@1", "image_retrieval_recall@5", "image_retrieval_recall@10",
+    "text_retrieval_recall@1", "text_retrieval_recall@5", "text_retrieval_recall@10",
+]
+TaskType = Literal["classification", "multilabel", "retrieval"]
 
 
 class _Strict(BaseModel):
@@ -56,7 +65,7 @@ class TaskSpec(_Strict):
     label_match: Literal["name", "index"] = "name"
     class_subset: list[int] | None = Field(default=None, min_length=2)  # indices into classnames
     templates: list[str] | None = Field(default=None, min_length=1)
-    main_metric: MainMetric = "acc1"
+    main_metric: MainMetric | None = None  # default: acc1, or mean_recall@1 for retrieval
 
     @field_validator("version", mode="before")
     @classmethod
@@ -73,6 +82,13 @@ class TaskSpec(_Strict):
 
     @model_validator(mode="after")
     def _metric_fits_type(self) -> "TaskSpec":
+        retrieval = self.type == "retrieval"
+        if self.main_metric is None:
+            object.__setattr__(self, "main_metric", "mean_recall@1" if retrieval else "acc1")
+        if retrieval != (self.main_metric in RETRIEVAL_METRICS):
+            raise ValueError(f"main_metric: {self.main_metric} does not apply to a {self.type} task")
+        if retrieval and (self.classnames or self.templates or self.class_subset):
+            raise ValueError("type: retrieval tasks take captions from the data, not classnames or templates")
         multilabel = self.type == "multilabel"
         if multilabel != (self.main_metric == "map_11pt"):
             raise ValueError("main_metric: map_11pt is the metric of multilabel tasks, and only of them")
