@@ -6,61 +6,26 @@ image features once per split, run zero-shot and the linear probe on them, write
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import platform
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
+from filelock import FileLock
 
 import evalbench
-from evalbench.cache import FeatureCache
-from evalbench.data import Rows, TaskData, load_task_data
+from evalbench.config import RunConfig, default_cache_dir  # noqa: F401 - callers import them from here
 from evalbench.errors import EvalbenchError
-from evalbench.features import autocast, extract_features
-from evalbench.metrics import classification_metrics
 from evalbench.models import LazyModel, parse_model_spec
 from evalbench.models.base import ModelSpec
-from evalbench.probe import few_shot_probe, linear_probe, make_backend
-from evalbench.records import MODES, SCHEMA_VERSION, pack_predictions, read_record, record_path, write_record
-from evalbench.retrieval import encode_texts, retrieval_metrics
+from evalbench.records import SCHEMA_VERSION, read_record, record_path, write_record
+from evalbench.runners import run_task
 from evalbench.tasks.loader import Task, TaskRegistry
-from evalbench.zeroshot import build_zeroshot_classifier, zeroshot_scores
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("EVALBENCH_CACHE"):
-        return Path(os.environ["EVALBENCH_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "evalbench"
-
-
-@dataclass
-class RunConfig:
-    modes: tuple[str, ...] = MODES
-    results_dir: Path = Path("results")
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    batch_size: int = 64
-    workers: int = 0
-    device: str = "auto"
-    limit: int | None = None
-    precision: str = "fp32"
-    probe_backend: str = "sklearn"
-    probe_normalize: bool = False
-    shots: tuple[int, ...] = ()  # k-shot probes instead of the full one
-    seeds: int = 3
-    use_cache: bool = True
-    cache_dtype: str = "float32"
-    overwrite: bool = False
-    seed: int = 0
-    progress: bool = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -118,133 +83,6 @@ def pending_modes(record: dict | None, spec: ModelSpec, task: Task, config: RunC
     return [m for m in task_keys(task, config) if m not in record.get("results", {})]
 
 
-def _roles(task: Task, modes: list[str]) -> list[str]:
-    return ["train", "val", "test"] if any(m.startswith("linear_probe") for m in modes) else ["test"]
-
-
-def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> dict[str, tuple]:
-    """(features, labels) per role; each source split is encoded once, or read from the cache."""
-    cache = FeatureCache(config.cache_dir if config.use_cache else None, config.cache_dtype)
-    out = {}
-    for split_name, split in data.sources.items():
-        views = {role: v for role, v in data.views.items() if v.source_split == split_name}
-        rows = np.unique(np.concatenate([v.indices for v in views.values()]))
-        key = {
-            "model": model.fingerprint,
-            "data": data.fingerprint,
-            "split": split_name,
-            "rows": hashlib.sha256(rows.tobytes()).hexdigest()[:16],
-            "precision": config.precision,
-        }
-        entry = cache.features(key, {"model": model.spec.name, "task": task.name, "split": split_name})
-        dataset = Rows(split, rows)
-        if entry is not None and entry.complete():
-            feats = entry.load(len(rows))
-        else:
-            feats = extract_features(
-                model.get(),
-                dataset,
-                batch_size=config.batch_size,
-                workers=config.workers,
-                desc=f"{task.name}/{split_name}",
-                progress=config.progress,
-                entry=entry,
-                precision=config.precision,
-            )
-        for role, view in views.items():
-            out[role] = (feats[np.searchsorted(rows, view.indices)], view.labels)
-    return out
-
-
-def _classifier(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> torch.Tensor:
-    """The zero-shot text classifier, from the cache when the same prompts were encoded before."""
-    cache = FeatureCache(config.cache_dir if config.use_cache else None)
-    key = {"model": model.fingerprint, "classnames": data.classnames, "templates": data.templates,
-           "precision": config.precision}
-    cached = cache.load_text(key)
-    if cached is not None:
-        return torch.from_numpy(cached)
-    adapter = model.get()
-    with autocast(adapter.device, config.precision), torch.inference_mode():
-        classifier = build_zeroshot_classifier(adapter, data.classnames, data.templates, progress=config.progress)
-    classifier = classifier.float().cpu()
-    cache.save_text(key, classifier.numpy(), {"model": model.spec.name, "task": task.name,
-                                               "classes": len(data.classnames)})
-    return classifier
-
-
-def _text_features(model: LazyModel, texts: list[str], config: RunConfig, task: Task) -> np.ndarray:
-    """Caption embeddings, from the cache when the same captions were encoded before."""
-    cache = FeatureCache(config.cache_dir if config.use_cache else None)
-    key = {"model": model.fingerprint, "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
-           "precision": config.precision}
-    cached = cache.load_text(key)
-    if cached is not None:
-        return cached
-    adapter = model.get()
-    with autocast(adapter.device, config.precision):
-        feats = encode_texts(adapter, texts, progress=config.progress)
-    cache.save_text(key, feats, {"model": model.spec.name, "task": task.name, "classes": len(texts)})
-    return feats
-
-
-def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> dict:
-    """Image-text retrieval metrics on the test split."""
-    data = load_task_data(task, ["test"], config.cache_dir, config.limit, config.seed)
-    start = time.perf_counter()
-    images, _ = _features(model, data, config, task)["test"]
-    view = data.views["test"]
-    captions = data.sources[view.source_split].captions
-    texts, text_image = [], []
-    for position, row in enumerate(view.indices):
-        texts += captions[row]
-        text_image += [position] * len(captions[row])
-    text_feats = _text_features(model, texts, config, task)
-    result = retrieval_metrics(images, text_feats, np.asarray(text_image))
-    result.update(main_score=result[task.spec.main_metric], n=len(images), n_texts=len(texts),
-                  duration_s=round(time.perf_counter() - start, 3))
-    return {"retrieval": result}
-
-
-def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) -> dict:
-    """Results per mode for one (model, task)."""
-    if task.spec.type == "retrieval":
-        return run_retrieval(model, task, config)
-    data = load_task_data(task, _roles(task, modes), config.cache_dir, config.limit, config.seed)
-    if "zeroshot" in modes and not data.templates:
-        raise EvalbenchError(f"{task.path}: templates: missing, and the data ships none (zero-shot needs them)")
-    feats = _features(model, data, config, task)
-    n_classes, metric = len(data.classnames), task.spec.main_metric
-    results = {}
-    if "zeroshot" in modes:
-        start = time.perf_counter()
-        classifier = _classifier(model, data, config, task)
-        x, y = feats["test"]
-        scores = zeroshot_scores(x, classifier)
-        results["zeroshot"] = classification_metrics(y, scores, metric)
-        results["zeroshot"].update(n=len(y), duration_s=round(time.perf_counter() - start, 3))
-        if y.ndim == 1:
-            results["zeroshot"]["per_sample"] = pack_predictions(scores, y)
-    backend = make_backend(config.probe_backend, str(model.device))
-    for mode in modes:
-        if not mode.startswith("linear_probe"):
-            continue
-        start = time.perf_counter()
-        if mode == "linear_probe":
-            result = linear_probe(
-                feats["train"], feats["val"], feats["test"], n_classes, metric, backend,
-                config.probe_normalize, config.progress,
-            )
-        else:
-            k = int(mode.split("@")[1])
-            result = few_shot_probe(
-                feats["train"], feats["val"], feats["test"], data.classnames, metric, k, config.seeds,
-                backend, config.probe_normalize, config.progress,
-            )
-        results[mode] = {**result, "duration_s": round(time.perf_counter() - start, 3)}
-    return results
-
-
 def _provenance(device: torch.device, config: RunConfig, started: float, model: LazyModel) -> dict:
     import open_clip
 
@@ -284,41 +122,51 @@ def evaluate(
     if config.precision == "amp" and device.type != "cuda":
         log.warning("--precision amp applies on CUDA only; using fp32 on %s", device)
         config = replace(config, precision="fp32")
-    lazy_models = [LazyModel(spec, device) for spec in specs]  # validates every spec up front
-    written = []
-    for model in lazy_models:
-        spec = model.spec
-        for task in task_objs:
-            path = record_path(config.results_dir, spec.slug, task.name)
-            existing = read_record(path)
-            todo = pending_modes(existing, spec, task, config)
-            if task.spec.splits.train is None and any(m.startswith("linear_probe") for m in todo):
-                log.info("%s: no train split, skipping the linear probe", task.name)
-                todo = [m for m in todo if not m.startswith("linear_probe")]
-            if not todo:
-                log.info("%s / %s: done already (%s); --overwrite reruns", spec.name, task.name, path)
-                written.append(path)
-                continue
-            started = time.perf_counter()
-            log.info("%s / %s: %s", spec.name, task.name, ", ".join(todo))
-            results = run_task(model, task, todo, config)
-            # Modes not rerun stay, unless they were computed for something else.
-            same = existing is not None and not record_mismatch(existing, spec, task, config)
-            keep = existing["results"] if same else {}
-            record = {
-                "schema_version": SCHEMA_VERSION,
-                "model": {"name": spec.name, "spec": spec.spec, "fingerprint": model.fingerprint},
-                "task": {
-                    "name": task.name,
-                    "version": task.spec.version,
-                    "hash": task.hash,
-                    "main_metric": task.spec.main_metric,
-                    "limit": config.limit,
-                    "config": task.resolved,
-                },
-                "results": {**keep, **results},
-                "provenance": _provenance(device, config, started, model),
-            }
-            write_record(path, record)
-            written.append(path)
-    return written
+    lazy_models = [LazyModel(spec, device, config.trust_remote_code) for spec in specs]  # validates every spec up front
+    return [evaluate_one(model, task, config) for model in lazy_models for task in task_objs]
+
+
+def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
+    """Bring one (model, task) record up to date and return its path.
+
+    The whole read-compute-write runs under a lock file beside the record, so two processes on the
+    same results folder never tear or lose a record: the second waits, re-reads, and finds the
+    work done (or merges its own modes in).
+    """
+    spec = model.spec
+    path = record_path(config.results_dir, spec.slug, task.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path.parent / f".{path.name}.lock")
+    if lock.is_locked:
+        log.info("%s / %s: waiting for another process working on it", spec.name, task.name)
+    with lock:
+        existing = read_record(path)
+        todo = pending_modes(existing, spec, task, config)
+        if task.spec.splits.train is None and any(m.startswith("linear_probe") for m in todo):
+            log.info("%s: no train split, skipping the linear probe", task.name)
+            todo = [m for m in todo if not m.startswith("linear_probe")]
+        if not todo:
+            log.info("%s / %s: done already (%s); --overwrite reruns", spec.name, task.name, path)
+            return path
+        started = time.perf_counter()
+        log.info("%s / %s: %s", spec.name, task.name, ", ".join(todo))
+        results = run_task(model, task, todo, config)
+        # Modes not rerun stay, unless they were computed for something else.
+        same = existing is not None and not record_mismatch(existing, spec, task, config)
+        keep = existing["results"] if same else {}
+        record = {
+            "schema_version": SCHEMA_VERSION,
+            "model": {"name": spec.name, "spec": spec.spec, "fingerprint": model.fingerprint},
+            "task": {
+                "name": task.name,
+                "version": task.spec.version,
+                "hash": task.hash,
+                "main_metric": task.spec.main_metric,
+                "limit": config.limit,
+                "config": task.resolved,
+            },
+            "results": {**keep, **results},
+            "provenance": _provenance(model.device, config, started, model),
+        }
+        write_record(path, record)
+    return path

@@ -33,9 +33,17 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     pass
 
 
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")
+    return common
+
+
 def _sub(subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:
     return subparsers.add_parser(
-        name, help=help, description=f"{help}\n\nexample:\n  {example}", formatter_class=_Formatter
+        name, help=help, description=f"{help}\n\nexample:\n  {example}", formatter_class=_Formatter,
+        parents=[_common()],
     )
 
 
@@ -83,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         action="append",
         metavar="SPEC",
-        help="[NAME=]ARCH, ARCH@TAG, ARCH@PATH, or a bundled name (demo-final); repeatable",
+        help="[NAME=]ARCH, ARCH@TAG, ARCH@PATH, a bundled name (demo-final), hf:ID_OR_DIR[@PATH], "
+        "py:MODULE:FACTORY or PLUGIN:ARGS (see docs/models.md); repeatable",
     )
     run.add_argument("--tasks", action="append", metavar="A,B", help="task names or .yaml paths, comma-separated")
     run.add_argument("--suite", action="append", metavar="NAME", help="a suite from tasks/suites/ (repeatable)")
@@ -102,8 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--limit", type=_positive_int, default=None, help="evaluate at most N images per split")
     run.add_argument("--seed", type=int, default=0, help="seed for --limit subsets")
     _add_probe_options(run)
+    run.add_argument(
+        "--on-bad-image", default="error", choices=["error", "skip"],
+        help="an undecodable image stops the run (naming it), or is left out and counted",
+    )
     run.add_argument("--overwrite", action="store_true", help="recompute and replace existing records")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument(
+        "--trust-remote-code", action="store_true", help="let hf: models run Python code from their repository"
+    )
 
     tasks = _sub(sub, "tasks", "list, show and validate tasks", "evalbench tasks list 'imagenet*'")
     tasks_sub = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
@@ -144,10 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (c_list, c_clear):
         p.add_argument("--cache-dir", type=Path, default=None)
 
-    report = _sub(sub, "report", "tables of results", "evalbench report --format md --output results.md")
+    report = _sub(
+        sub, "report", "tables of results, deltas against a baseline with paired intervals, plots",
+        "evalbench report --baseline demo-early --format html --output report.html",
+    )
     report.add_argument("--results-dir", type=Path, default=Path("results"))
-    report.add_argument("--format", default="md", choices=["md", "csv", "latex"])
+    report.add_argument("--format", default="md", choices=["md", "csv", "latex", "html", "json"])
     report.add_argument("--output", type=Path, default=None, help="write here instead of standard output")
+    report.add_argument("--baseline", default=None, metavar="NAME", help="model to compare every other model against")
+    report.add_argument("--resamples", type=_positive_int, default=1000, help="paired bootstrap resamples")
+    report.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    report.add_argument("--plots", type=Path, default=None, metavar="DIR", help="also write the plots as PNG files here")
     _add_tasks_dir(report)
     return parser
 
@@ -187,9 +210,11 @@ def cmd_run(args) -> int:
         seeds=args.seeds,
         use_cache=not args.no_cache,
         cache_dtype=args.cache_dtype,
+        on_bad_image=args.on_bad_image,
         overwrite=args.overwrite,
         seed=args.seed,
         progress=not args.no_progress and not args.quiet,
+        trust_remote_code=args.trust_remote_code,
     )
     paths = evaluate(models, tasks, config, registry)
     print(render(load_records(paths=paths), registry.suites(), "md"))
@@ -254,10 +279,16 @@ def cmd_models(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from evalbench.report import load_records, render
+    from evalbench.report import CompareOptions, build_report, load_records, render_report
+    from evalbench.report.plots import write_plots
     from evalbench.tasks.loader import TaskRegistry
 
-    text = render(load_records(args.results_dir), TaskRegistry(args.tasks_dir).suites(), args.format)
+    options = CompareOptions(resamples=args.resamples, seed=args.seed)
+    report = build_report(load_records(args.results_dir), TaskRegistry(args.tasks_dir).suites(), args.baseline, options)
+    text = render_report(report, args.format)
+    if args.plots:
+        written = write_plots(report, args.plots)
+        log.info("wrote %d plots to %s", len(written), args.plots)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text, encoding="utf-8")

@@ -135,6 +135,10 @@ class Rows(Dataset):
     def __getitem__(self, i: int):
         return self.data.dataset[int(self.indices[i])][0]
 
+    def describe(self, i: int) -> str:
+        row = int(self.indices[i])
+        return f"image {row} ({self.data.ids[row]})" if self.data.ids else f"image {row}"
+
 
 def open_source(task: Task, cache_dir: Path) -> Source:
     cls = source_class(task.spec.dataset["source"])

@@ -7,10 +7,12 @@ import logging
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from evalbench.cache import FeatureEntry
+from evalbench.errors import EvalbenchError
 from evalbench.models.base import ModelAdapter
 
 log = logging.getLogger(__name__)
@@ -19,16 +21,25 @@ PRECISIONS = ("fp32", "amp")
 
 
 class Preprocessed(Dataset):
-    """Applies the model's preprocessing in DataLoader workers; yields tensors."""
+    """Applies the model's preprocessing in DataLoader workers; yields ``(tensor, error)``.
+
+    An image that cannot be read or decoded yields a blank tensor and a one-line description of
+    the problem, so the main process decides what to do (stop, or leave the image out).
+    """
 
     def __init__(self, dataset: Dataset, preprocess):
         self.dataset, self.preprocess = dataset, preprocess
+        self.blank = preprocess(Image.new("RGB", (8, 8)))
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        return self.preprocess(self.dataset[i])
+        try:
+            return self.preprocess(self.dataset[i]), ""
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            describe = getattr(self.dataset, "describe", lambda i: f"sample {i}")
+            return self.blank, f"{describe(i)}: cannot decode image ({type(e).__name__}: {e})"
 
 
 def autocast(device: torch.device, precision: str):
@@ -72,11 +83,14 @@ def extract_features(
     progress: bool = True,
     entry: FeatureEntry | None = None,
     precision: str = "fp32",
+    on_bad_image: str = "error",
 ) -> np.ndarray:
     """Encode every image of ``dataset`` (which yields PIL images); return float32 (n, dim).
 
     With a cache ``entry``, features are written shard by shard as they complete, shards already
-    on disk are not recomputed, and the entry is marked complete at the end.
+    on disk are not recomputed, and the entry is marked complete at the end. An undecodable image
+    raises EvalbenchError naming it, or with ``on_bad_image="skip"`` gets a row of NaN (which the
+    runners leave out and count).
     """
     n = len(dataset)
     if entry is not None and entry.complete():
@@ -101,8 +115,13 @@ def extract_features(
     shard_iter = iter(todo)
     current = next(shard_iter, None)
     with tqdm(total=n, initial=n - len(rows), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for pixels in loader:
-            buffer.append(encode(pixels))
+        for pixels, errors in loader:
+            encoded = encode(pixels)
+            bad = [i for i, e in enumerate(errors) if e]
+            if bad and on_bad_image == "error":
+                raise EvalbenchError(f"{errors[bad[0]]}; pass --on-bad-image skip to leave such images out")
+            encoded[bad] = np.nan
+            buffer.append(encoded)
             bar.update(len(pixels))
             # Flush every shard the buffer now covers.
             while current is not None:

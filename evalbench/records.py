@@ -14,7 +14,7 @@ import numpy as np
 from evalbench.errors import EvalbenchError
 
 SCHEMA_VERSION = 1
-MODES = ("zeroshot", "linear_probe")
+from evalbench.config import MODES  # noqa: F401 - re-exported
 
 
 def record_path(results_dir: Path, model_slug: str, task_name: str) -> Path:

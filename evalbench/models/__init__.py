@@ -1,12 +1,16 @@
 """Model families behind ``--model``: parsing the spec and loading the right adapter.
 
 Each family is one module exposing an adapter class; the spec's prefix picks it
-(``hf:...`` -> transformers, anything else -> open_clip).
+(``hf:...`` -> transformers, ``py:...`` -> a user factory, an installed plugin's entry-point name
+-> that plugin, anything else -> open_clip).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import torch
@@ -25,7 +29,35 @@ BUNDLED = {
 # family -> module with an adapter class ``Adapter`` and a function ``fingerprint(spec)``.
 FAMILIES = {
     "open_clip": "evalbench.models.openclip",
+    "hf": "evalbench.models.hf",
+    "py": "evalbench.models.custom",
 }
+# Installed packages add families under this entry-point group: ``NAME = pkg.module``, where the
+# module (or object) has ``Adapter`` and ``fingerprint`` like the built-in ones; ``NAME:ARGS``
+# then picks it. Built-in names win over plugins of the same name.
+ENTRY_POINT_GROUP = "evalbench.models"
+
+
+def _plugin(family: str) -> EntryPoint | None:
+    if not re.fullmatch(r"[A-Za-z][\w.-]*", family):
+        return None
+    return next((ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == family), None)
+
+
+def family_module(family: str):
+    """The module (or plugin object) implementing ``family``; EvalbenchError for a broken plugin."""
+    if family in FAMILIES:
+        return importlib.import_module(FAMILIES[family])
+    ep = _plugin(family)
+    if ep is None:
+        raise EvalbenchError(f"--model: unknown model family '{family}'")
+    try:
+        module = ep.load()
+    except Exception as e:  # noqa: BLE001 - a broken plugin is named, not a traceback
+        raise EvalbenchError(f"--model: plugin '{family}' ({ep.value}) failed to load: {type(e).__name__}: {e}") from e
+    if not all(callable(getattr(module, a, None)) for a in ("Adapter", "fingerprint")):
+        raise EvalbenchError(f"--model: plugin '{family}' ({ep.value}) lacks Adapter or fingerprint")
+    return module
 
 
 def parse_model_spec(text: str) -> ModelSpec:
@@ -38,7 +70,8 @@ def parse_model_spec(text: str) -> ModelSpec:
         raise EvalbenchError(f"--model: empty name or spec in '{text}'")
     spec = BUNDLED.get(spec, spec)
     family, colon, target = spec.partition(":")
-    if not colon or family not in FAMILIES or len(family) == 1:  # 'C:\...' is a path, not a family
+    # 'C:\...' is a path, not a family
+    if not colon or len(family) == 1 or (family not in FAMILIES and _plugin(family) is None):
         family, target = "open_clip", spec
     display = name or _default_name(text)
     return ModelSpec(name=display, spec=spec, family=family, target=target)
@@ -54,21 +87,25 @@ def _default_name(text: str) -> str:
     return f"{arch}@{weights}" if weights else arch
 
 
-def load_model(spec: ModelSpec, device: torch.device) -> ModelAdapter:
-    """Instantiate the family's adapter on ``device``; raises EvalbenchError for bad specs."""
-    return importlib.import_module(FAMILIES[spec.family]).Adapter(spec, device)
+def load_model(spec: ModelSpec, device: torch.device, trust_remote_code: bool = False) -> ModelAdapter:
+    """Instantiate the family's adapter on ``device``; raises EvalbenchError for bad specs.
+    ``trust_remote_code`` reaches the families whose adapters take it (hf)."""
+    adapter = family_module(spec.family).Adapter
+    if trust_remote_code and "trust_remote_code" in inspect.signature(adapter).parameters:
+        return adapter(spec, device, trust_remote_code=True)
+    return adapter(spec, device)
 
 
 def model_fingerprint(spec: ModelSpec) -> str:
     """The weights' identity without loading them (cheap: hashes files, builds nothing)."""
-    return importlib.import_module(FAMILIES[spec.family]).fingerprint(spec)
+    return family_module(spec.family).fingerprint(spec)
 
 
 class LazyModel:
     """A model loaded on first use, so that a fully cached run never builds one."""
 
-    def __init__(self, spec: ModelSpec, device: torch.device):
-        self.spec, self.device = spec, device
+    def __init__(self, spec: ModelSpec, device: torch.device, trust_remote_code: bool = False):
+        self.spec, self.device, self.trust_remote_code = spec, device, trust_remote_code
         self.fingerprint = model_fingerprint(spec)
         self._model: ModelAdapter | None = None
 
@@ -78,5 +115,5 @@ class LazyModel:
 
     def get(self) -> ModelAdapter:
         if self._model is None:
-            self._model = load_model(self.spec, self.device)
+            self._model = load_model(self.spec, self.device, self.trust_remote_code)
         return self._model

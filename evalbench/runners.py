@@ -1,0 +1,175 @@
+"""Runners: for one (model, task), features once per split, then each mode on them.
+
+Zero-shot and the probes share the image features; retrieval adds caption embeddings. Features
+and text embeddings come from the cache when they were computed before, so a model is loaded only
+when something is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+import numpy as np
+import torch
+
+from evalbench.cache import FeatureCache
+from evalbench.config import RunConfig
+from evalbench.data import Rows, TaskData, load_task_data
+from evalbench.errors import EvalbenchError
+from evalbench.features import autocast, extract_features
+from evalbench.metrics import classification_metrics
+from evalbench.models import LazyModel
+from evalbench.probe import few_shot_probe, linear_probe, make_backend
+from evalbench.records import pack_predictions
+from evalbench.retrieval import encode_texts, retrieval_metrics
+from evalbench.tasks.loader import Task
+from evalbench.zeroshot import build_zeroshot_classifier, zeroshot_scores
+
+log = logging.getLogger(__name__)
+
+
+def _roles(task: Task, modes: list[str]) -> list[str]:
+    return ["train", "val", "test"] if any(m.startswith("linear_probe") for m in modes) else ["test"]
+
+
+def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> tuple[dict, dict]:
+    """(features, labels) per role, and the number of undecodable images left out per role.
+    Each source split is encoded once, or read from the cache."""
+    cache = FeatureCache(config.cache_dir if config.use_cache else None, config.cache_dtype, config.shard_size)
+    out, skipped = {}, {}
+    for split_name, split in data.sources.items():
+        views = {role: v for role, v in data.views.items() if v.source_split == split_name}
+        rows = np.unique(np.concatenate([v.indices for v in views.values()]))
+        key = {
+            "model": model.fingerprint,
+            "data": data.fingerprint,
+            "split": split_name,
+            "rows": hashlib.sha256(rows.tobytes()).hexdigest()[:16],
+            "precision": config.precision,
+        }
+        entry = cache.features(key, {"model": model.spec.name, "task": task.name, "split": split_name})
+        dataset = Rows(split, rows)
+        if entry is not None and entry.complete():
+            feats = entry.load(len(rows))
+        else:
+            feats = extract_features(
+                model.get(),
+                dataset,
+                batch_size=config.batch_size,
+                workers=config.workers,
+                desc=f"{task.name}/{split_name}",
+                progress=config.progress,
+                entry=entry,
+                precision=config.precision,
+                on_bad_image=config.on_bad_image,
+            )
+        for role, view in views.items():
+            x = feats[np.searchsorted(rows, view.indices)]
+            good = ~np.isnan(x).any(axis=1)
+            if not good.all():
+                if config.on_bad_image != "skip":  # NaN rows in a cache written by a skipping run
+                    raise EvalbenchError(
+                        f"{task.name}/{split_name}: {int((~good).sum())} images could not be decoded "
+                        "(cached); pass --on-bad-image skip to leave them out"
+                    )
+                log.warning("%s/%s: left out %d undecodable images", task.name, role, int((~good).sum()))
+            out[role] = (x[good], view.labels[good])
+            skipped[role] = int((~good).sum())
+    return out, {role: n for role, n in skipped.items() if n}
+
+
+def _classifier(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> torch.Tensor:
+    """The zero-shot text classifier, from the cache when the same prompts were encoded before."""
+    cache = FeatureCache(config.cache_dir if config.use_cache else None)
+    key = {"model": model.fingerprint, "classnames": data.classnames, "templates": data.templates,
+           "precision": config.precision}
+    cached = cache.load_text(key)
+    if cached is not None:
+        return torch.from_numpy(cached)
+    adapter = model.get()
+    with autocast(adapter.device, config.precision), torch.inference_mode():
+        classifier = build_zeroshot_classifier(adapter, data.classnames, data.templates, progress=config.progress)
+    classifier = classifier.float().cpu()
+    cache.save_text(key, classifier.numpy(), {"model": model.spec.name, "task": task.name,
+                                               "classes": len(data.classnames)})
+    return classifier
+
+
+def _text_features(model: LazyModel, texts: list[str], config: RunConfig, task: Task) -> np.ndarray:
+    """Caption embeddings, from the cache when the same captions were encoded before."""
+    cache = FeatureCache(config.cache_dir if config.use_cache else None)
+    key = {"model": model.fingerprint, "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+           "precision": config.precision}
+    cached = cache.load_text(key)
+    if cached is not None:
+        return cached
+    adapter = model.get()
+    with autocast(adapter.device, config.precision):
+        feats = encode_texts(adapter, texts, progress=config.progress)
+    cache.save_text(key, feats, {"model": model.spec.name, "task": task.name, "classes": len(texts)})
+    return feats
+
+
+def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> dict:
+    """Image-text retrieval metrics on the test split."""
+    data = load_task_data(task, ["test"], config.cache_dir, config.limit, config.seed)
+    start = time.perf_counter()
+    feats, skipped = _features(model, data, config, task)
+    images, _ = feats["test"]
+    view = data.views["test"]
+    captions = data.sources[view.source_split].captions
+    texts, text_image = [], []
+    for position, row in enumerate(view.indices):
+        texts += captions[row]
+        text_image += [position] * len(captions[row])
+    text_feats = _text_features(model, texts, config, task)
+    result = retrieval_metrics(images, text_feats, np.asarray(text_image))
+    if skipped:
+        raise EvalbenchError(f"{task.name}: retrieval cannot leave images out; fix the undecodable images")
+    result.update(main_score=result[task.spec.main_metric], n=len(images), n_texts=len(texts),
+                  duration_s=round(time.perf_counter() - start, 3))
+    return {"retrieval": result}
+
+
+def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) -> dict:
+    """Results per mode for one (model, task)."""
+    if task.spec.type == "retrieval":
+        return run_retrieval(model, task, config)
+    data = load_task_data(task, _roles(task, modes), config.cache_dir, config.limit, config.seed)
+    if "zeroshot" in modes and not data.templates:
+        raise EvalbenchError(f"{task.path}: templates: missing, and the data ships none (zero-shot needs them)")
+    feats, skipped = _features(model, data, config, task)
+    n_classes, metric = len(data.classnames), task.spec.main_metric
+    results = {}
+    if "zeroshot" in modes:
+        start = time.perf_counter()
+        classifier = _classifier(model, data, config, task)
+        x, y = feats["test"]
+        scores = zeroshot_scores(x, classifier)
+        results["zeroshot"] = classification_metrics(y, scores, metric)
+        results["zeroshot"].update(n=len(y), duration_s=round(time.perf_counter() - start, 3))
+        if y.ndim == 1:
+            results["zeroshot"]["per_sample"] = pack_predictions(scores, y)
+    backend = make_backend(config.probe_backend, str(model.device))
+    for mode in modes:
+        if not mode.startswith("linear_probe"):
+            continue
+        start = time.perf_counter()
+        if mode == "linear_probe":
+            result = linear_probe(
+                feats["train"], feats["val"], feats["test"], n_classes, metric, backend,
+                config.probe_normalize, config.progress,
+            )
+        else:
+            k = int(mode.split("@")[1])
+            result = few_shot_probe(
+                feats["train"], feats["val"], feats["test"], data.classnames, metric, k, config.seeds,
+                backend, config.probe_normalize, config.progress,
+            )
+        results[mode] = {**result, "duration_s": round(time.perf_counter() - start, 3)}
+    for mode, result in results.items():
+        if skipped:
+            result["skipped_images"] = skipped
+    return results
