@@ -6,6 +6,7 @@ image features once per split, run zero-shot and the linear probe on them, write
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
@@ -17,6 +18,7 @@ import torch
 from filelock import FileLock
 
 import evalbench
+from evalbench import distributed
 from evalbench.config import RunConfig, default_cache_dir  # noqa: F401 - callers import them from here
 from evalbench.errors import EvalbenchError
 from evalbench.models import LazyModel, parse_model_spec
@@ -94,6 +96,7 @@ def _provenance(device: torch.device, config: RunConfig, started: float, model: 
         "open_clip": open_clip.__version__,
         "python": platform.python_version(),
         "device": str(device),
+        "world_size": distributed.world_size(),
         "seed": config.seed,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - started, 3),
@@ -118,7 +121,8 @@ def evaluate(
     for task in task_objs:
         if task.spec.unavailable:
             raise EvalbenchError(f"{task.path}: unavailable: {task.spec.unavailable}")
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
+    distributed.init_from_env(device)
     if config.precision == "amp" and device.type != "cuda":
         log.warning("--precision amp applies on CUDA only; using fp32 on %s", device)
         config = replace(config, precision="fp32")
@@ -137,20 +141,19 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
     path = record_path(config.results_dir, spec.slug, task.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path.parent / f".{path.name}.lock")
-    if lock.is_locked:
+    main = distributed.is_main()  # under torchrun, rank 0 decides, locks and writes
+    if main and lock.is_locked:
         log.info("%s / %s: waiting for another process working on it", spec.name, task.name)
-    with lock:
-        existing = read_record(path)
-        todo = pending_modes(existing, spec, task, config)
-        if task.spec.splits.train is None and any(m.startswith("linear_probe") for m in todo):
-            log.info("%s: no train split, skipping the linear probe", task.name)
-            todo = [m for m in todo if not m.startswith("linear_probe")]
+    with lock if main else contextlib.nullcontext():
+        existing = read_record(path) if main else None
+        todo = distributed.broadcast(_todo(existing, model, task, config) if main else None)
         if not todo:
-            log.info("%s / %s: done already (%s); --overwrite reruns", spec.name, task.name, path)
             return path
         started = time.perf_counter()
         log.info("%s / %s: %s", spec.name, task.name, ", ".join(todo))
         results = run_task(model, task, todo, config)
+        if not main:
+            return path
         # Modes not rerun stay, unless they were computed for something else.
         same = existing is not None and not record_mismatch(existing, spec, task, config)
         keep = existing["results"] if same else {}
@@ -170,3 +173,14 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
         }
         write_record(path, record)
     return path
+
+
+def _todo(existing: dict | None, model: LazyModel, task: Task, config: RunConfig) -> list[str]:
+    todo = pending_modes(existing, model.spec, task, config)
+    if task.spec.splits.train is None and any(m.startswith("linear_probe") for m in todo):
+        log.info("%s: no train split, skipping the linear probe", task.name)
+        todo = [m for m in todo if not m.startswith("linear_probe")]
+    if not todo:
+        path = record_path(config.results_dir, model.spec.slug, task.name)
+        log.info("%s / %s: done already (%s); --overwrite reruns", model.spec.name, task.name, path)
+    return todo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    from evalbench import distributed
     from evalbench.api import RunConfig, default_cache_dir, evaluate
     from evalbench.records import MODES
     from evalbench.report import load_records, render
@@ -213,10 +215,12 @@ def cmd_run(args) -> int:
         on_bad_image=args.on_bad_image,
         overwrite=args.overwrite,
         seed=args.seed,
-        progress=not args.no_progress and not args.quiet,
+        progress=not args.no_progress and not args.quiet and os.environ.get("RANK", "0") == "0",
         trust_remote_code=args.trust_remote_code,
     )
     paths = evaluate(models, tasks, config, registry)
+    if not distributed.is_main():
+        return 0
     print(render(load_records(paths=paths), registry.suites(), "md"))
     return 0
 
@@ -352,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("evalbench: %(message)s"))
     log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, only rank 0 talks
+    log.setLevel(logging.WARNING if args.quiet or rank else logging.INFO)
     log.propagate = False
     if args.command is None:
         args = parser.parse_args(["run", *(argv or sys.argv[1:])])

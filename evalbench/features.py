@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from evalbench import distributed
 from evalbench.cache import FeatureEntry
 from evalbench.errors import EvalbenchError
 from evalbench.models.base import ModelAdapter
@@ -84,22 +85,24 @@ def extract_features(
     entry: FeatureEntry | None = None,
     precision: str = "fp32",
     on_bad_image: str = "error",
-) -> np.ndarray:
+    shard_size: int = 4096,
+) -> np.ndarray | None:
     """Encode every image of ``dataset`` (which yields PIL images); return float32 (n, dim).
 
-    With a cache ``entry``, features are written shard by shard as they complete, shards already
-    on disk are not recomputed, and the entry is marked complete at the end. An undecodable image
-    raises EvalbenchError naming it, or with ``on_bad_image="skip"`` gets a row of NaN (which the
-    runners leave out and count).
+    Rows are encoded in shards. With a cache ``entry``, each shard is written as it completes,
+    shards already on disk are not recomputed, and the entry is marked complete at the end. Under
+    torchrun the missing shards are dealt out to the ranks and gathered on rank 0; the other
+    ranks return None. An undecodable image raises EvalbenchError naming it, or with
+    ``on_bad_image="skip"`` gets a row of NaN (which the runners leave out and count).
     """
     n = len(dataset)
-    if entry is not None and entry.complete():
-        return entry.load(n)
-    shard_size = entry.shard_size if entry is not None else max(n, 1)
-    n_shards = (n + shard_size - 1) // shard_size
-    todo = [i for i in range(n_shards) if entry is None or not entry.has_shard(i)]
-    rows = [r for i in todo for r in range(i * shard_size, min(n, (i + 1) * shard_size))]
     if entry is not None:
+        shard_size = entry.shard_size
+    n_shards = (n + shard_size - 1) // shard_size
+    todo = distributed.broadcast([i for i in range(n_shards) if entry is None or not entry.has_shard(i)])
+    mine = todo[distributed.rank() :: distributed.world_size()]
+    rows = [r for i in mine for r in range(i * shard_size, min(n, (i + 1) * shard_size))]
+    if entry is not None and distributed.is_main():
         entry.begin(n)
         if len(todo) < n_shards:
             log.info("%s: resuming, %d of %d shards cached", desc, n_shards - len(todo), n_shards)
@@ -110,11 +113,19 @@ def extract_features(
         pin_memory=model.device.type == "cuda",
     )
     encode = Encoder(model, precision)
-    in_memory: dict[int, np.ndarray] = {}
+    out: np.ndarray | None = None  # rank 0's result, filled shard by shard: one copy in memory
+    held: dict[int, np.ndarray] = {}  # shards this rank keeps for rank 0 (or for itself, uncached)
+
+    def store(shard: int, features: np.ndarray) -> None:
+        if entry is not None and distributed.is_main():
+            entry.write_shard(shard, features)
+        else:
+            held[shard] = features
+
     buffer: list[np.ndarray] = []
-    shard_iter = iter(todo)
+    shard_iter = iter(mine)
     current = next(shard_iter, None)
-    with tqdm(total=n, initial=n - len(rows), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(rows), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for pixels, errors in loader:
             encoded = encode(pixels)
             bad = [i for i, e in enumerate(errors) if e]
@@ -123,22 +134,28 @@ def extract_features(
             encoded[bad] = np.nan
             buffer.append(encoded)
             bar.update(len(pixels))
-            # Flush every shard the buffer now covers.
+            # Store every shard the buffer now covers.
             while current is not None:
                 want = min(n, (current + 1) * shard_size) - current * shard_size
-                have = sum(len(b) for b in buffer)
-                if have < want:
+                if sum(len(b) for b in buffer) < want:
                     break
                 merged = np.concatenate(buffer)
-                shard, rest = merged[:want], merged[want:]
-                buffer = [rest] if len(rest) else []
-                if entry is not None:
-                    entry.write_shard(current, shard)
-                else:
-                    in_memory[current] = shard
+                buffer = [merged[want:]] if len(merged) > want else []
+                store(current, merged[:want])
                 current = next(shard_iter, None)
+    gathered = distributed.gather(held)
+    if not distributed.is_main():
+        return None
+    for part in gathered:
+        for shard, features in part.items():
+            if entry is not None:
+                entry.write_shard(shard, features)
+            else:
+                if out is None:
+                    out = np.empty((n, features.shape[1]), dtype=np.float32)
+                out[shard * shard_size : shard * shard_size + len(features)] = features
     if entry is None:
-        return np.concatenate([in_memory[i] for i in range(n_shards)]).astype(np.float32, copy=False)
+        return out
     dim = np.load(entry.shard_path(0), mmap_mode="r").shape[1]
     entry.finish(n, dim)
     return entry.load(n)

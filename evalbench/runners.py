@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from evalbench import distributed
 from evalbench.cache import FeatureCache
 from evalbench.config import RunConfig
 from evalbench.data import Rows, TaskData, load_task_data
@@ -51,8 +52,8 @@ def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -
         }
         entry = cache.features(key, {"model": model.spec.name, "task": task.name, "split": split_name})
         dataset = Rows(split, rows)
-        if entry is not None and entry.complete():
-            feats = entry.load(len(rows))
+        if distributed.broadcast(entry is not None and entry.complete()):
+            feats = entry.load(len(rows)) if distributed.is_main() else None
         else:
             feats = extract_features(
                 model.get(),
@@ -64,7 +65,10 @@ def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -
                 entry=entry,
                 precision=config.precision,
                 on_bad_image=config.on_bad_image,
+                shard_size=config.shard_size,
             )
+        if feats is None:  # a rank other than 0: its share went to rank 0
+            continue
         for role, view in views.items():
             x = feats[np.searchsorted(rows, view.indices)]
             good = ~np.isnan(x).any(axis=1)
@@ -117,6 +121,8 @@ def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> dict:
     data = load_task_data(task, ["test"], config.cache_dir, config.limit, config.seed)
     start = time.perf_counter()
     feats, skipped = _features(model, data, config, task)
+    if not distributed.is_main():
+        return {}
     images, _ = feats["test"]
     view = data.views["test"]
     captions = data.sources[view.source_split].captions
@@ -141,6 +147,8 @@ def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) 
     if "zeroshot" in modes and not data.templates:
         raise EvalbenchError(f"{task.path}: templates: missing, and the data ships none (zero-shot needs them)")
     feats, skipped = _features(model, data, config, task)
+    if not distributed.is_main():
+        return {}
     n_classes, metric = len(data.classnames), task.spec.main_metric
     results = {}
     if "zeroshot" in modes:

@@ -1,0 +1,48 @@
+"""torchrun: two CPU processes (gloo) give the same records as one process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from evalbench.cli import main
+from evalbench.records import read_record
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _metrics(record: dict) -> dict:
+    return {m: {k: v for k, v in r.items() if k != "duration_s"} for m, r in record["results"].items()}
+
+
+def test_two_ranks_match_one_process(tmp_path, tiny_arch, task_dir):
+    common = ["--model", f"tiny={tiny_arch}", "--tasks", "colours-folder,colours-hf", "--tasks-dir", str(task_dir),
+              "--no-progress", "--batch-size", "4"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "EVALBENCH_SHARD_SIZE": "4",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "evalbench", "run", *common, "--results-dir", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "c2")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("### zeroshot (main score") == 1, "only rank 0 prints the table"
+
+    os.environ["EVALBENCH_SHARD_SIZE"] = "4"
+    try:
+        assert main(["run", *common, "--results-dir", str(tmp_path / "one"), "--cache-dir", str(tmp_path / "c1")]) == 0
+    finally:
+        del os.environ["EVALBENCH_SHARD_SIZE"]
+    for task in ("colours-folder", "colours-hf"):
+        two = read_record(tmp_path / "two" / "tiny" / f"{task}.json")
+        one = read_record(tmp_path / "one" / "tiny" / f"{task}.json")
+        assert two["provenance"]["world_size"] == 2 and one["provenance"]["world_size"] == 1
+        assert _metrics(two) == _metrics(one)
+    # Both ranks encoded: the cached shards of the 2-rank run equal the 1-rank ones.
+    import numpy as np
+
+    shards2 = sorted((tmp_path / "c2").glob("features/*/shard-*.npy"))
+    shards1 = sorted((tmp_path / "c1").glob("features/*/shard-*.npy"))
+    assert len(shards2) == len(shards1) > 2
+    for a, b in zip(sorted(shards1, key=lambda p: (p.parent.name, p.name)), sorted(shards2, key=lambda p: (p.parent.name, p.name))):
+        np.testing.assert_allclose(np.load(a), np.load(b), rtol=1e-5, atol=1e-6)
