@@ -1,0 +1,72 @@
+"""Records -> a Report: every table the formats render, computed once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from evalbench.errors import EvalbenchError
+from evalbench.records import iter_records, read_record
+from evalbench.report.compare import CompareOptions, baseline_deltas
+from evalbench.report.tables import long_table, main_score_tables, rank_table
+from evalbench.tasks.loader import SuiteSpec
+
+
+@dataclass
+class Report:
+    """``long``: every scalar metric, one row per (model, task, mode, metric), fractions.
+    ``scores``/``ranks``: per mode, models x tasks (+ suite aggregates). ``deltas``: one row per
+    (mode, task, model) against ``baseline`` (None without one). ``main_metric``: per task."""
+
+    long: pd.DataFrame
+    scores: dict[str, pd.DataFrame]
+    ranks: dict[str, pd.DataFrame]
+    main_metric: dict[str, str]
+    baseline: str | None = None
+    deltas: pd.DataFrame | None = None
+    options: CompareOptions = field(default_factory=CompareOptions)
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(set(self.long["model"]))
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(set(self.long["task"]))
+
+
+def load_records(results_dir: Path | None = None, paths: list[Path] | None = None) -> list[dict]:
+    """Records from ``paths``, or every record under ``results_dir``; EvalbenchError if the
+    folder does not exist or a file is not a record."""
+    if paths is not None:
+        return [r for r in (read_record(p) for p in paths) if r is not None]
+    if not Path(results_dir).is_dir():
+        raise EvalbenchError(f"--results-dir: folder not found: {results_dir}")
+    return [r for _, r in iter_records(results_dir)]
+
+
+def build_report(
+    records: list[dict],
+    suites: dict[str, SuiteSpec],
+    baseline: str | None = None,
+    options: CompareOptions | None = None,
+) -> Report:
+    """Everything a report shows. Raises EvalbenchError for an unknown ``baseline`` or records
+    of one task whose per-sample predictions differ in length."""
+    options = options or CompareOptions()
+    long = long_table(records)
+    scores = main_score_tables(long, suites, baseline)
+    main_metric: dict[str, str] = {}
+    for r in records:
+        main_metric.setdefault(r["task"]["name"], r["task"].get("main_metric", "acc1"))
+    return Report(
+        long=long,
+        scores=scores,
+        ranks={mode: rank_table(table, suites) for mode, table in scores.items()},
+        main_metric=main_metric,
+        baseline=baseline,
+        deltas=baseline_deltas(records, baseline, options) if baseline else None,
+        options=options,
+    )

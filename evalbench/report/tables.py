@@ -1,0 +1,87 @@
+"""Records -> pandas: the long table of metrics, main-score tables with suite means, ranks."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from evalbench.records import MODES
+from evalbench.tasks.loader import SuiteSpec
+
+# Float results that describe the run, not the model's quality.
+NOT_METRICS = frozenset({"duration_s", "C"})
+
+
+def mode_order(mode: str) -> tuple:
+    """zeroshot, linear_probe, then k-shot probes by k."""
+    base, _, k = mode.partition("@")
+    return (MODES.index(base) if base in MODES else len(MODES), int(k) if k.isdigit() else -1, mode)
+
+
+def mode_label(mode: str) -> str:
+    """Short column labels: ``linear_probe@4`` -> ``lp@4``."""
+    return mode.replace("linear_probe@", "lp@")
+
+
+def long_table(records: list[dict]) -> pd.DataFrame:
+    """One row per (model, task, mode, metric) with the metric's value (a fraction): every float
+    in a record's results (acc1, main_score, a k-shot probe's ``*_std``, retrieval recalls), not
+    counts, durations or the probe's C."""
+    rows = [
+        {"model": r["model"]["name"], "task": r["task"]["name"], "mode": mode, "metric": metric, "value": value}
+        for r in records
+        for mode, metrics in r.get("results", {}).items()
+        for metric, value in metrics.items()
+        if isinstance(value, float) and metric not in NOT_METRICS
+    ]
+    return pd.DataFrame(rows, columns=["model", "task", "mode", "metric", "value"])
+
+
+def model_order(models, baseline: str | None = None) -> list[str]:
+    """The baseline first, then the others by name."""
+    rest = sorted(m for m in set(models) if m != baseline)
+    return ([baseline] if baseline in set(models) else []) + rest
+
+
+def _suites_of(tasks, suites: dict[str, SuiteSpec]) -> list[SuiteSpec]:
+    return [s for s in sorted(suites.values(), key=lambda s: s.name) if set(s.tasks) & set(tasks)]
+
+
+def main_score_tables(
+    long: pd.DataFrame, suites: dict[str, SuiteSpec], baseline: str | None = None
+) -> dict[str, pd.DataFrame]:
+    """Per mode, a models x tasks table of main_score, plus a ``mean(<suite>)`` column for each
+    suite that shares a task with the table. A suite mean is empty unless the model has every
+    task of the suite: never a mean over a subset."""
+    tables = {}
+    main = long[long.metric == "main_score"]
+    for mode in sorted(set(main["mode"]), key=mode_order):
+        part = main[main["mode"] == mode]
+        table = part.pivot_table(index="model", columns="task", values="value", aggfunc="first")
+        table = table.reindex(index=model_order(table.index, baseline), columns=sorted(table.columns))
+        for suite in _suites_of(table.columns, suites):
+            cols = table.reindex(columns=suite.tasks)
+            table[f"mean({suite.name})"] = cols.mean(axis=1).where(cols.notna().all(axis=1))
+        table.columns.name = None
+        table.index.name = "model"
+        tables[mode] = table
+    return tables
+
+
+def task_columns(table: pd.DataFrame) -> list[str]:
+    """The per-task columns of a score or rank table (not the aggregates)."""
+    return [c for c in table.columns if not (c.endswith(")") and "(" in c)]
+
+
+def rank_table(scores: pd.DataFrame, suites: dict[str, SuiteSpec]) -> pd.DataFrame:
+    """Ranks per task (1 = best main score; ties share the better rank, models without the task
+    are empty), then per suite that shares a task: ``mean rank(<suite>)``, empty unless the model
+    has every task of the suite, and ``won(<suite>)``, the number of the suite's tasks where the
+    model ranks first (a count over the tasks it has)."""
+    tasks = task_columns(scores)
+    ranks = scores[tasks].rank(axis=0, ascending=False, method="min")
+    out = ranks.copy()
+    for suite in _suites_of(tasks, suites):
+        cols = ranks.reindex(columns=suite.tasks)
+        out[f"mean rank({suite.name})"] = cols.mean(axis=1).where(cols.notna().all(axis=1))
+        out[f"won({suite.name})"] = (cols == 1).sum(axis=1).astype(int)
+    return out

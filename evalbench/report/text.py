@@ -1,0 +1,230 @@
+"""A Report as text: markdown, csv, latex, json; html is in :mod:`evalbench.report.html`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from evalbench.errors import EvalbenchError
+from evalbench.report.build import Report, build_report
+from evalbench.report.compare import CompareOptions
+from evalbench.report.tables import mode_label, mode_order, task_columns
+from evalbench.tasks.loader import SuiteSpec
+
+FORMATS = ("md", "csv", "latex", "html", "json")
+
+
+def _num(value, fmt: str) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def score_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """Main scores as percent strings with two decimals; missing results are empty."""
+    return table.apply(lambda col: col.map(lambda v: _num(v * 100, ".2f") if pd.notna(v) else ""))
+
+
+def rank_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """Ranks and wins as whole numbers, mean ranks with two decimals."""
+    def fmt(col):
+        spec = ".2f" if col.name.startswith("mean rank(") else ".0f"
+        return col.map(lambda v: _num(float(v), spec) if pd.notna(v) else "")
+    return table.apply(fmt)
+
+
+def significance_legend(report: Report) -> str:
+    o = report.options
+    return (
+        f"delta in points against {report.baseline}; [low, high]: {o.level:.0%} paired percentile bootstrap "
+        f"interval over test images ({o.resamples} resamples, seed {o.seed}); *: significant at "
+        f"{o.alpha:g} (exact McNemar test for acc1, the interval excluding 0 for mean_per_class_recall)"
+    )
+
+
+def is_significant(value) -> bool:
+    """True for a significant delta; False for not significant or untested (None)."""
+    return value is not None and bool(value)
+
+
+def delta_text(row, mark: str = "*") -> str:
+    """``+1.20 [+0.35, +2.05]*`` from one row of Report.deltas (fractions in, points out)."""
+    text = f"{row['delta'] * 100:+.2f}"
+    if row["ci_low"] is not None and pd.notna(row["ci_low"]):
+        text += f" [{row['ci_low'] * 100:+.2f}, {row['ci_high'] * 100:+.2f}]"
+    return text + (mark if is_significant(row["significant"]) else "")
+
+
+def delta_cells(report: Report, mode: str, mark: str = "*") -> pd.DataFrame:
+    """Models (not the baseline) x tasks of delta strings for one mode; gaps where either lacks
+    the task."""
+    part = report.deltas[report.deltas["mode"] == mode]
+    table = report.scores[mode]
+    models = [m for m in table.index if m != report.baseline]
+    cells = pd.DataFrame("", index=pd.Index(models, name="model"), columns=task_columns(table))
+    for _, row in part.iterrows():
+        cells.loc[row["model"], row["task"]] = delta_text(row, mark)
+    return cells
+
+
+def delta_notes(report: Report) -> list[str]:
+    """One line per (task, reason) where a delta has no interval."""
+    part = report.deltas[report.deltas["note"] != ""]
+    seen = dict.fromkeys(f"{r.task} ({mode_label(r.mode)}): {r.note}" for r in part.itertuples())
+    return list(seen)
+
+
+def _md(cells: pd.DataFrame) -> str:
+    """A markdown table of preformatted strings (tabulate would reparse "+1.50" as 1.5)."""
+    return cells.to_markdown(disable_numparse=True, colalign=("left",) + ("right",) * len(cells.columns))
+
+
+def render_md(report: Report) -> str:
+    parts = []
+    for mode in report.scores:
+        label = mode_label(mode)
+        parts.append(f"### {label} (main score, %)\n\n{_md(score_cells(report.scores[mode]))}\n")
+        parts.append(f"### {label} (rank per task, 1 = best)\n\n{_md(rank_cells(report.ranks[mode]))}\n")
+        if report.deltas is not None and (report.deltas["mode"] == mode).any():
+            parts.append(f"### {label} (delta vs {report.baseline}, points)\n\n"
+                         f"{_md(delta_cells(report, mode))}\n")
+    if report.deltas is not None:
+        notes = "".join(f"- {line}\n" for line in delta_notes(report))
+        parts.append(f"{significance_legend(report)}.\n" + (f"\nNo interval:\n\n{notes}" if notes else ""))
+    return "\n".join(parts)
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX.get(char, char) for char in str(text))
+
+
+def _latex(cells: pd.DataFrame, caption: str) -> str:
+    safe = cells.copy()
+    safe.index = [_latex_escape(i) for i in safe.index]
+    safe.columns = [_latex_escape(c) for c in safe.columns]
+    safe.index.name = "model"
+    return safe.to_latex(escape=False, caption=_latex_escape(caption))
+
+
+def render_latex(report: Report) -> str:
+    parts = []
+    for mode in report.scores:
+        label = mode_label(mode)
+        parts.append(_latex(score_cells(report.scores[mode]), f"{label} (main score, %)"))
+        parts.append(_latex(rank_cells(report.ranks[mode]), f"{label} (rank per task, 1 = best)"))
+        if report.deltas is not None and (report.deltas["mode"] == mode).any():
+            cells = delta_cells(report, mode, mark="$^{*}$")
+            parts.append(_latex(cells, f"{label}: {significance_legend(report)}"))
+    return "\n".join(parts)
+
+
+def _aggregate_rows(report: Report) -> list[dict]:
+    """Suite means, ranks, mean ranks and wins as long-table rows (``task`` is the suite for
+    suite rows)."""
+    rows = []
+    for mode, table in report.scores.items():
+        ranks = report.ranks[mode]
+        for model in table.index:
+            for col in table.columns:
+                suite = col[len("mean("):-1] if col.startswith("mean(") else None
+                if suite is not None and pd.notna(table.at[model, col]):
+                    rows.append((model, suite, mode, "suite_mean", table.at[model, col]))
+            for col in ranks.columns:
+                value = ranks.at[model, col]
+                if pd.isna(value):
+                    continue
+                if col.startswith("mean rank("):
+                    rows.append((model, col[len("mean rank("):-1], mode, "suite_mean_rank", value))
+                elif col.startswith("won("):
+                    rows.append((model, col[len("won("):-1], mode, "suite_won", value))
+                else:
+                    rows.append((model, col, mode, "rank", value))
+    return [dict(zip(["model", "task", "mode", "metric", "value"], r)) for r in rows]
+
+
+def _delta_rows(report: Report) -> list[dict]:
+    rows = []
+    for r in report.deltas.itertuples():
+        for metric, value in (("delta", r.delta), ("delta_ci_low", r.ci_low), ("delta_ci_high", r.ci_high),
+                              ("delta_p_value", r.p_value), ("delta_significant", r.significant)):
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                rows.append({"model": r.model, "task": r.task, "mode": r.mode, "metric": metric,
+                             "value": float(value)})
+    return rows
+
+
+def render_csv(report: Report) -> str:
+    """The long table (every metric, fractions), then derived rows: ``rank``, ``suite_mean``,
+    ``suite_mean_rank``, ``suite_won`` and, with a baseline, ``delta*`` rows."""
+    extra = _aggregate_rows(report) + (_delta_rows(report) if report.deltas is not None else [])
+    return pd.concat([report.long, pd.DataFrame(extra, columns=report.long.columns)], ignore_index=True).to_csv(
+        index=False
+    )
+
+
+def _json_table(table: pd.DataFrame) -> dict:
+    return {m: {c: (None if pd.isna(v) else float(v)) for c, v in row.items()} for m, row in table.iterrows()}
+
+
+def report_dict(report: Report) -> dict:
+    """The report as plain JSON-able data (fractions; None for gaps)."""
+    modes = {}
+    for mode in sorted(report.scores, key=mode_order):
+        entry = {"label": mode_label(mode), "scores": _json_table(report.scores[mode]),
+                 "ranks": _json_table(report.ranks[mode])}
+        if report.deltas is not None:
+            part = report.deltas[report.deltas["mode"] == mode].drop(columns="mode")
+            entry["deltas"] = [
+                {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                for row in part.astype(object).to_dict("records")
+            ]
+        modes[mode] = entry
+    o = report.options
+    return {
+        "models": report.models,
+        "tasks": report.tasks,
+        "main_metric": dict(sorted(report.main_metric.items())),
+        "baseline": report.baseline,
+        "statistics": {"interval": "paired percentile bootstrap over test images", "level": o.level,
+                       "resamples": o.resamples, "seed": o.seed, "alpha": o.alpha,
+                       "significance": {"acc1": "exact McNemar", "mean_per_class_recall": "interval excludes 0"}},
+        "modes": modes,
+    }
+
+
+def render_report(report: Report, fmt: str = "md") -> str:
+    """A built Report as text in ``fmt`` (see :func:`render`); EvalbenchError for an unknown format."""
+    if fmt not in FORMATS:
+        raise EvalbenchError(f"--format: unknown format '{fmt}' (use {', '.join(FORMATS)})")
+    if fmt == "csv":
+        return render_csv(report)
+    if fmt == "json":
+        return json.dumps(report_dict(report), indent=2) + "\n"
+    if fmt == "html":
+        from evalbench.report.html import render_html
+
+        return render_html(report)
+    if report.long.empty:
+        return "No results.\n"
+    return render_md(report) if fmt == "md" else render_latex(report)
+
+
+def render(
+    records: list[dict],
+    suites: dict[str, SuiteSpec],
+    fmt: str = "md",
+    baseline: str | None = None,
+    options: CompareOptions | None = None,
+) -> str:
+    """The report as text. ``md``/``latex``: per mode, main scores (%), ranks and, with a
+    ``baseline``, deltas in points with intervals; ``csv``: the long table of every metric
+    (fractions) plus derived rows; ``json``: every table as data; ``html``: one self-contained
+    page with sortable tables and plots. Raises EvalbenchError for an unknown format or baseline,
+    or records of one task whose per-sample predictions differ in length."""
+    if fmt not in FORMATS:
+        raise EvalbenchError(f"--format: unknown format '{fmt}' (use {', '.join(FORMATS)})")
+    return render_report(build_report(records, suites, baseline, options), fmt)
