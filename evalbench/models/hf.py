@@ -1,0 +1,246 @@
+"""Hugging Face ``transformers`` models: ``hf:ID_OR_DIR`` and ``hf:ID_OR_DIR@STATE_DICT``.
+
+``ID_OR_DIR`` is a hub id (``openai/clip-vit-base-patch32``) or a local ``save_pretrained``
+folder holding the model, its tokenizer and its image processor. ``@STATE_DICT`` loads a
+fine-tuned state_dict file (``.pt``/``.pth``/``.bin``/``.safetensors``) over that base model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from evalbench.errors import EvalbenchError
+from evalbench.models.base import ModelSpec
+from evalbench.models.checkpoint import file_digest, load_into, read_state_dict
+
+log = logging.getLogger(__name__)
+
+# config.model_type -> transformers class. Other types go through AutoModel, untested.
+MODEL_CLASSES = {
+    "clip": "CLIPModel",
+    "siglip": "SiglipModel",
+    "vision-text-dual-encoder": "VisionTextDualEncoderModel",
+}
+# SigLIP was trained on prompts padded to a fixed length (64) and pools the last position, so
+# padding to the longest prompt of a batch would change its text embeddings.
+FIXED_LENGTH_TYPES = {"siglip"}
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_SMALL_SUFFIXES = (".json", ".txt", ".model")  # configs, vocabularies, sentencepiece models
+
+
+@dataclass(frozen=True)
+class HFTarget:
+    """What an ``hf:`` spec names: a hub id or local folder, and an optional state_dict file."""
+
+    source: str
+    local: bool
+    state_dict: Path | None
+
+
+def parse_target(target: str) -> HFTarget:
+    """``ID_OR_DIR[@STATE_DICT]`` -> HFTarget; raises EvalbenchError for a missing folder or file."""
+    source, state = target, None
+    if "@" in target and not Path(target).expanduser().is_dir():  # a folder may itself contain '@'
+        source, _, state = target.rpartition("@")
+    if not source:
+        raise EvalbenchError(f"--model: hf:{target}: empty model id or folder")
+    folder = Path(source).expanduser()
+    local = folder.is_dir()
+    if not local and (source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source):
+        raise EvalbenchError(f"--model: hf:{target}: folder not found: {folder}")
+    state_path = Path(state).expanduser() if state else None
+    if state_path is not None and not state_path.is_file():
+        raise EvalbenchError(f"--model: hf:{target}: checkpoint not found: {state_path}")
+    return HFTarget(str(folder) if local else source, local, state_path)
+
+
+def _folder_digest(folder: Path) -> str:
+    """Digest of the files ``from_pretrained`` reads: configs, vocabularies and the weights
+    (safetensors where there are any, else .bin). Other formats' weights are not hashed."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    weights = [p for p in files if p.suffix == ".safetensors"] or [p for p in files if p.suffix == ".bin"]
+    small = [p for p in files if p.suffix in _SMALL_SUFFIXES]
+    if not weights:
+        raise EvalbenchError(f"--model: {folder}: no model weights (*.safetensors or *.bin) in the folder")
+    h = hashlib.sha256()
+    for p in small + weights:
+        h.update(f"{p.name}:{file_digest(p)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    """The commit of the locally cached snapshot of ``repo_id``, None if nothing is cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _not_cached_message(source: str) -> str:
+    return (
+        f"--model: hf:{source}: the weights are not in the local Hugging Face cache and the hub cannot be "
+        "reached (offline). Run once with network access (unset HF_HUB_OFFLINE) to cache them, or pass a "
+        "local save_pretrained folder: hf:/path/to/folder"
+    )
+
+
+def fingerprint(spec: ModelSpec) -> str:
+    """Identity of the weights without loading them: a local folder's config and weight-file
+    digests, or a hub id with the commit of its cached snapshot; plus the state_dict file's
+    digest. Raises EvalbenchError for missing files, or a hub model not cached while offline."""
+    target = parse_target(spec.target)
+    if target.local:
+        base = _folder_digest(Path(target.source))
+    else:
+        revision = _hub_revision(target.source)
+        if revision is None and _offline():
+            raise EvalbenchError(_not_cached_message(target.source))
+        # Not cached but online: the revision is not known before download; the id stands for it.
+        base = f"{target.source}@{revision or 'latest'}"
+    extra = file_digest(target.state_dict) if target.state_dict else ""
+    return hashlib.sha256(f"hf:{base}:{extra}".encode()).hexdigest()[:16]
+
+
+def _is_offline_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ in {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectionError"}:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _from_pretrained(what: str, load, source: str):
+    """Call ``load()``; turn hub, offline and remote-code failures into one-line EvalbenchErrors."""
+    try:
+        return load()
+    except EvalbenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError for user mistakes
+        if _is_offline_error(e):
+            raise EvalbenchError(_not_cached_message(source)) from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "trust_remote_code" in str(e):
+            raise EvalbenchError(
+                f"--model: hf:{source}: its {what} needs code from the repository; pass --trust-remote-code "
+                "if you trust it"
+            ) from None
+        if isinstance(e, (OSError, ValueError, KeyError)):
+            raise EvalbenchError(f"--model: hf:{source}: cannot load its {what}: {first[:300]}") from None
+        raise
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Hide transformers' per-tensor "Loading weights" bar (library code shows no bars of its own
+    making; downloads keep huggingface_hub's)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+class ImageProcessorTransform:
+    """PIL image -> (C, H, W) tensor with a transformers image processor. A plain object, so that
+    DataLoader workers can pickle it."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+def _embedding(out) -> torch.Tensor:
+    """transformers 4 returns a tensor from get_*_features; 5 returns an output object whose
+    ``pooler_output`` holds the projected embedding."""
+    if isinstance(out, torch.Tensor):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None:
+        raise EvalbenchError(f"--model: get_*_features returned {type(out).__name__} without a pooler_output")
+    return pooled
+
+
+class HFAdapter:
+    """An adapter over a transformers dual encoder with ``get_image_features`` / ``get_text_features``."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device, trust_remote_code: bool = False):
+        try:
+            import transformers
+        except ImportError:
+            raise EvalbenchError("--model: hf: models need transformers: pip install 'evalbench[hf]'") from None
+
+        self.spec, self.device = spec, device
+        self.fingerprint = fingerprint(spec)
+        target = parse_target(spec.target)
+        source, remote = target.source, {"trust_remote_code": trust_remote_code}
+        config = _from_pretrained("config", lambda: transformers.AutoConfig.from_pretrained(source, **remote), source)
+        self.model_type = config.model_type
+        class_name = MODEL_CLASSES.get(config.model_type)
+        if class_name is None:
+            log.warning("hf:%s: model_type '%s' is not one evalbench tests; loading it with AutoModel",
+                        source, config.model_type)
+            cls, kwargs = transformers.AutoModel, remote
+        else:
+            cls, kwargs = getattr(transformers, class_name), {}
+        with _quiet_loading():
+            model = _from_pretrained(
+                "weights", lambda: cls.from_pretrained(source, config=config, dtype=torch.float32, **kwargs), source
+            )
+        for method in ("get_image_features", "get_text_features"):
+            if not callable(getattr(model, method, None)):
+                name = type(model).__name__
+                raise EvalbenchError(f"--model: hf:{source}: {name} has no {method}: not a dual encoder")
+        if target.state_dict is not None:
+            load_into(model, read_state_dict(target.state_dict), target.state_dict)
+        self.model = model.to(device).eval()
+        self.tokenizer = _from_pretrained(
+            "tokenizer", lambda: transformers.AutoTokenizer.from_pretrained(source, **remote), source
+        )
+        image_processor = _from_pretrained(
+            "image processor", lambda: transformers.AutoImageProcessor.from_pretrained(source, **remote), source
+        )
+        self.preprocess = ImageProcessorTransform(image_processor)
+        self.text_kwargs = self._text_kwargs(config)
+
+    def _text_kwargs(self, config) -> dict:
+        """Tokenizer arguments: SigLIP pads to its fixed length; the others pad to the longest
+        prompt. Both truncate to what the text tower's position embeddings allow."""
+        text_config = getattr(config, "text_config", config)
+        limits = [getattr(text_config, "max_position_embeddings", None), self.tokenizer.model_max_length]
+        max_length = min(n for n in limits if isinstance(n, int) and n > 0) if any(limits) else None
+        padding = "max_length" if self.model_type in FIXED_LENGTH_TYPES else True
+        if padding == "max_length" and max_length is None:
+            raise EvalbenchError(f"--model: {self.spec.spec}: cannot tell the text length SigLIP was trained with")
+        return {"padding": padding, "truncation": True, "max_length": max_length}
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_image_features(pixel_values=pixels.to(self.device, non_blocking=True))
+        return _embedding(out).float()
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts, return_tensors="pt", **self.text_kwargs).to(self.device)
+        return _embedding(self.model.get_text_features(**tokens)).float()
+
+
+Adapter = HFAdapter
