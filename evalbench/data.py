@@ -21,6 +21,9 @@ from evalbench.tasks.loader import Task
 from evalbench.tasks.spec import ValFraction
 
 
+DEFAULT_VAL = ValFraction(fraction=0.2, seed=0)
+
+
 def normalise_name(name: str) -> str:
     return re.sub(r"[\s_]+", " ", name).strip().lower()
 
@@ -175,10 +178,12 @@ def load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | N
         classnames = [classnames[i] for i in spec.class_subset]
 
     names = {"test": spec.splits.test, "train": spec.splits.train}
-    if isinstance(spec.splits.val, str):
-        names["val"] = spec.splits.val
+    # Without a val split, the probe chooses C on a seeded 20% of train (DEFAULT_VAL).
+    val = spec.splits.val if spec.splits.val is not None else DEFAULT_VAL
+    if isinstance(val, str):
+        names["val"] = val
     wanted = {names[r] for r in roles if names.get(r)}
-    if "val" in roles and isinstance(spec.splits.val, ValFraction):
+    if "val" in roles and isinstance(val, ValFraction):
         wanted.add(names["train"])
     sources = {name: source.load_split(name) for name in sorted(wanted)}
 
@@ -196,8 +201,8 @@ def load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | N
             mapping = restrict_to_subset(task, mapping, spec.class_subset)
         labels = task_labels(task, data.labels, mapping, len(classnames))
         rows = _subset(len(labels), limit, seed)
-        if "val" in roles and isinstance(spec.splits.val, ValFraction) and name == names["train"]:
-            train_rows, val_rows = _split_off(rows, labels[rows], spec.splits.val)
+        if "val" in roles and isinstance(val, ValFraction) and name == names["train"]:
+            train_rows, val_rows = _split_off(rows, labels[rows], val)
             views["train"] = SplitView(name, train_rows, labels[train_rows], data.ids)
             views["val"] = SplitView(name, val_rows, labels[val_rows], data.ids)
         for role in ("train", "val", "test"):
