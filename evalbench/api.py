@@ -7,6 +7,7 @@ image features once per split, run zero-shot and the linear probe on them, write
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import platform
 import time
@@ -22,7 +23,6 @@ from evalbench import distributed
 from evalbench.config import RunConfig, default_cache_dir  # noqa: F401 - callers import them from here
 from evalbench.errors import EvalbenchError
 from evalbench.models import LazyModel, parse_model_spec
-from evalbench.models.base import ModelSpec
 from evalbench.records import SCHEMA_VERSION, read_record, record_path, write_record
 from evalbench.runners import run_task
 from evalbench.tasks.loader import Task, TaskRegistry
@@ -41,11 +41,14 @@ def resolve_device(name: str) -> torch.device:
         raise EvalbenchError(f"--device: unknown device '{name}' (use auto, cpu or cuda)") from None
 
 
-def record_mismatch(record: dict, spec: ModelSpec, task: Task, config: RunConfig) -> list[str]:
-    """How an existing record differs from this run's model spec, task hash and ``--limit``."""
+def record_mismatch(record: dict, model: LazyModel, task: Task, config: RunConfig) -> list[str]:
+    """How an existing record differs from this run's model (spec and weights), task hash and
+    ``--limit``."""
     mismatch = []
-    if record["model"]["spec"] != spec.spec:
+    if record["model"]["spec"] != model.spec.spec:
         mismatch.append(f"model spec {record['model']['spec']!r}")
+    elif record["model"].get("fingerprint") != model.fingerprint:
+        mismatch.append(f"model fingerprint {record['model'].get('fingerprint')} (the weights changed)")
     if record["task"]["hash"] != task.hash:
         mismatch.append(f"task hash {record['task']['hash']} (the task file changed)")
     if record["task"].get("limit") != config.limit:
@@ -72,15 +75,15 @@ def task_keys(task: Task, config: RunConfig) -> list[str]:
     return result_keys(config)
 
 
-def pending_modes(record: dict | None, spec: ModelSpec, task: Task, config: RunConfig) -> list[str]:
+def pending_modes(record: dict | None, model: LazyModel, task: Task, config: RunConfig) -> list[str]:
     """Result keys of this run that the existing record lacks. A record made for another model
     spec, task hash or ``--limit`` is an error unless ``--overwrite``: results are never replaced
     silently."""
     if record is None or config.overwrite:
         return task_keys(task, config)
-    mismatch = record_mismatch(record, spec, task, config)
+    mismatch = record_mismatch(record, model, task, config)
     if mismatch:
-        path = record_path(config.results_dir, spec.slug, task.name)
+        path = record_path(config.results_dir, model.spec.slug, task.name)
         raise EvalbenchError(f"{path}: holds results for {', '.join(mismatch)}; pass --overwrite to replace them")
     return [m for m in task_keys(task, config) if m not in record.get("results", {})]
 
@@ -133,14 +136,14 @@ def evaluate(
 def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
     """Bring one (model, task) record up to date and return its path.
 
-    The whole read-compute-write runs under a lock file beside the record, so two processes on the
-    same results folder never tear or lose a record: the second waits, re-reads, and finds the
-    work done (or merges its own modes in).
+    The whole read-compute-write runs under a lock, so two processes on the same results folder
+    never tear or lose a record: the second waits, re-reads, and finds the work done (or merges
+    its own modes in). Lock files live in the cache folder (``locks/``), keyed by the record's
+    absolute path, so a failed run leaves nothing in the results folder.
     """
     spec = model.spec
     path = record_path(config.results_dir, spec.slug, task.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path.parent / f".{path.name}.lock")
+    lock = FileLock(lock_path(config, path))
     main = distributed.is_main()  # under torchrun, rank 0 decides, locks and writes
     if main and lock.is_locked:
         log.info("%s / %s: waiting for another process working on it", spec.name, task.name)
@@ -155,7 +158,7 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
         if not main:
             return path
         # Modes not rerun stay, unless they were computed for something else.
-        same = existing is not None and not record_mismatch(existing, spec, task, config)
+        same = existing is not None and not record_mismatch(existing, model, task, config)
         keep = existing["results"] if same else {}
         record = {
             "schema_version": SCHEMA_VERSION,
@@ -175,8 +178,17 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
     return path
 
 
+def lock_path(config: RunConfig, record: Path) -> Path:
+    """The lock file guarding ``record``: processes sharing a results folder must share the cache
+    folder too (the default) for their writes to be serialised."""
+    key = hashlib.sha256(str(record.resolve()).encode()).hexdigest()[:24]
+    folder = Path(config.cache_dir) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{key}.lock"
+
+
 def _todo(existing: dict | None, model: LazyModel, task: Task, config: RunConfig) -> list[str]:
-    todo = pending_modes(existing, model.spec, task, config)
+    todo = pending_modes(existing, model, task, config)
     if task.spec.splits.train is None and any(m.startswith("linear_probe") for m in todo):
         log.info("%s: no train split, skipping the linear probe", task.name)
         todo = [m for m in todo if not m.startswith("linear_probe")]

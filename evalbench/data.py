@@ -167,7 +167,17 @@ def _split_off(indices: np.ndarray, labels: np.ndarray, val: ValFraction) -> tup
 
 
 def load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | None = None, seed: int = 0) -> TaskData:
-    """Load the splits behind ``roles`` (a subset of train/val/test) and map their labels."""
+    """Load the splits behind ``roles`` (a subset of train/val/test) and map their labels.
+    Errors from the source are prefixed with the task file, like every task error."""
+    try:
+        return _load_task_data(task, roles, cache_dir, limit, seed)
+    except EvalbenchError as e:
+        if str(e).startswith(str(task.path)):
+            raise
+        raise EvalbenchError(f"{task.path}: {e}") from None
+
+
+def _load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | None, seed: int) -> TaskData:
     spec = task.spec
     source = open_source(task, cache_dir)
     classnames = [] if spec.type == "retrieval" else spec.classnames or source.classnames()

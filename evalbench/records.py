@@ -72,11 +72,13 @@ def _unpack(text: str, dtype) -> np.ndarray:
 
 
 def pack_predictions(scores: np.ndarray, y_true: np.ndarray) -> dict:
-    """Per-test-image predictions, compactly: the predicted class (int32) and correctness (bits),
-    each zlib-compressed and base64-encoded, in the order of the task's test rows."""
+    """Per-test-image predictions, compactly: the predicted class (int32), correctness (bits) and
+    the true class (int32), each zlib-compressed and base64-encoded, in the order of the task's
+    test rows."""
     pred = np.asarray(scores).argmax(axis=1).astype(np.int32)
     correct = pred == np.asarray(y_true)
-    return {"n": len(pred), "pred": _pack(pred), "correct": _pack(np.packbits(correct))}
+    return {"n": len(pred), "pred": _pack(pred), "correct": _pack(np.packbits(correct)),
+            "label": _pack(np.asarray(y_true).astype(np.int32))}
 
 
 def unpack_predictions(per_sample: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -85,3 +87,8 @@ def unpack_predictions(per_sample: dict) -> tuple[np.ndarray, np.ndarray]:
     pred = _unpack(per_sample["pred"], np.int32)
     correct = np.unpackbits(_unpack(per_sample["correct"], np.uint8))[:n].astype(bool)
     return pred, correct
+
+
+def unpack_labels(per_sample: dict) -> np.ndarray | None:
+    """The true classes stored by :func:`pack_predictions` (None in records that predate them)."""
+    return _unpack(per_sample["label"], np.int32).astype(np.int64) if "label" in per_sample else None

@@ -116,4 +116,6 @@ class LazyModel:
     def get(self) -> ModelAdapter:
         if self._model is None:
             self._model = load_model(self.spec, self.device, self.trust_remote_code)
+            # A hub model's identity may only be known once downloaded (its commit).
+            self.fingerprint = getattr(self._model, "fingerprint", self.fingerprint)
         return self._model

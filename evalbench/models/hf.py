@@ -191,7 +191,6 @@ class HFAdapter:
             raise EvalbenchError("--model: hf: models need transformers: pip install 'evalbench[hf]'") from None
 
         self.spec, self.device = spec, device
-        self.fingerprint = fingerprint(spec)
         target = parse_target(spec.target)
         source, remote = target.source, {"trust_remote_code": trust_remote_code}
         config = _from_pretrained("config", lambda: transformers.AutoConfig.from_pretrained(source, **remote), source)
@@ -213,6 +212,8 @@ class HFAdapter:
                 raise EvalbenchError(f"--model: hf:{source}: {name} has no {method}: not a dual encoder")
         if target.state_dict is not None:
             load_into(model, read_state_dict(target.state_dict), target.state_dict)
+        # After loading, so that a hub id resolves to the commit just downloaded.
+        self.fingerprint = fingerprint(spec)
         self.model = model.to(device).eval()
         self.tokenizer = _from_pretrained(
             "tokenizer", lambda: transformers.AutoTokenizer.from_pretrained(source, **remote), source

@@ -75,7 +75,11 @@ def _n_classes(records: list[dict], task: str) -> int | None:
 
 def _labels(records: list[dict], index: dict, task: str) -> np.ndarray | None:
     """The task's true classes recovered from every per-sample prediction of every model and mode."""
-    preds = [unpack_predictions(res["per_sample"]) for (t, _, _), res in index.items() if t == task and "per_sample" in res]
+    samples = [res["per_sample"] for (t, _, _), res in index.items() if t == task and "per_sample" in res]
+    stored = next((labels for labels in map(unpack_labels, samples) if labels is not None), None)
+    if stored is not None:
+        return stored
+    preds = [unpack_predictions(s) for s in samples]
     if not preds:
         return None
     try:
