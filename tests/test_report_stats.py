@@ -147,6 +147,8 @@ def test_unrecoverable_labels_give_a_delta_with_a_note(labels):
     mpcr = "mean_per_class_recall"
     records = [record("A", "t", {"zeroshot": mode_result(labels, a, C, mpcr)}, mpcr),
                record("B", "t", {"zeroshot": mode_result(labels, plus_right(labels, a, 10, C), C, mpcr)}, mpcr)]
+    for r in records:  # records written before true labels were stored per image
+        del r["results"]["zeroshot"]["per_sample"]["label"]
     row = baseline_deltas(records, "A").iloc[0]
     assert row["delta"] > 0 and np.isnan(row["ci_low"]) and row["significant"] is None
     assert "needs labels" in row["note"]
@@ -170,6 +172,15 @@ def test_different_test_sizes_name_the_task(labels):
                record("B", "cifar10", {"zeroshot": mode_result(labels[:150], a[:150], C)})]
     with pytest.raises(EvalbenchError, match="task 'cifar10'.*200.*150"):
         baseline_deltas(records, "A")
+
+
+def test_stored_labels_give_an_interval_where_recovery_cannot(labels):
+    a = _right_on(labels, np.arange(100))
+    mpcr = "mean_per_class_recall"
+    records = [record("A", "t", {"zeroshot": mode_result(labels, a, C, mpcr)}, mpcr),
+               record("B", "t", {"zeroshot": mode_result(labels, plus_right(labels, a, 10, C), C, mpcr)}, mpcr)]
+    row = baseline_deltas(records, "A").iloc[0]
+    assert row["delta"] > 0 and row["ci_low"] <= row["delta"] <= row["ci_high"] and row["note"] == ""
 
 
 def test_unknown_baseline_lists_the_models(labels):

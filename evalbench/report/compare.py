@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from evalbench.errors import EvalbenchError
-from evalbench.records import unpack_predictions
+from evalbench.records import unpack_labels, unpack_predictions
 from evalbench.report.stats import (
     DEFAULT_LEVEL,
     DEFAULT_RESAMPLES,
