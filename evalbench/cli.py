@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import logging
 import os
 import sys
@@ -275,7 +276,7 @@ def cmd_models(args) -> int:
     from evalbench.models.openclip import list_models
 
     for name in BUNDLED:
-        if args.pattern is None or __import__("fnmatch").fnmatch(name, args.pattern):
+        if args.pattern is None or fnmatch.fnmatch(name, args.pattern):
             print(f"{name}  (bundled, offline)")
     for arch, tags in list_models(args.pattern):
         print(f"{arch}  {', '.join(tags) if tags else '(random weights only)'}")
