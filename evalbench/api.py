@@ -20,7 +20,7 @@ from filelock import FileLock
 
 import evalbench
 from evalbench import distributed
-from evalbench.config import RunConfig, default_cache_dir  # noqa: F401 - callers import them from here
+from evalbench.config import RunConfig
 from evalbench.errors import EvalbenchError
 from evalbench.models import LazyModel, parse_model_spec
 from evalbench.records import SCHEMA_VERSION, read_record, record_path, write_record

@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from evalbench import distributed
-    from evalbench.api import RunConfig, default_cache_dir, evaluate
+    from evalbench.api import evaluate
+    from evalbench.config import RunConfig, default_cache_dir
     from evalbench.records import MODES
     from evalbench.report import load_records, render
     from evalbench.tasks.loader import TaskRegistry
@@ -331,7 +332,7 @@ def cmd_probe(args) -> int:
 def cmd_cache(args) -> int:
     import pandas as pd
 
-    from evalbench.api import default_cache_dir
+    from evalbench.config import default_cache_dir
     from evalbench.cache import clear_entries, list_entries
 
     root = args.cache_dir or default_cache_dir()
