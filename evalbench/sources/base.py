@@ -7,6 +7,7 @@ implementing :class:`Source`. Runners never look at which kind they got.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,17 @@ class Source(Protocol):
 
     def templates(self) -> list[str] | None:
         """Prompt templates shipped with the data, else None."""
+
+
+def data_fingerprint(identity: str, folder: Path | None = None) -> str:
+    """A digest of ``identity`` (path, revision, config) and, for local data, the name and size of
+    every file under ``folder``: cheap, and it changes when the data does."""
+    h = hashlib.sha256(identity.encode())
+    if folder is not None:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                h.update(f"{f.relative_to(folder)}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
 
 
 # name -> "module:Class"; imported only when a task uses it.

@@ -7,12 +7,11 @@ without it, the one file is every split's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from evalbench.errors import EvalbenchError
-from evalbench.sources.base import SourceConfig, SplitData
+from evalbench.sources.base import SourceConfig, SplitData, data_fingerprint
 from evalbench.sources.imagefolder import ImageFiles
 
 
@@ -60,11 +59,7 @@ class CaptionFolderSource:
         return SplitData(ImageFiles(files, labels), labels, None, ids, captions)
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(str(self.root).encode())
-        for f in sorted(self.root.rglob("*")):
-            if f.is_file():
-                h.update(f"{f.relative_to(self.root)}:{f.stat().st_size}".encode())
-        return h.hexdigest()[:16]
+        return data_fingerprint(f"{self.root}:{self.config.file}", self.root)
 
     def classnames(self) -> list[str] | None:
         return None

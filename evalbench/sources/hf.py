@@ -7,13 +7,12 @@ string label column.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
 from evalbench.errors import EvalbenchError
-from evalbench.sources.base import SourceConfig, SplitData
+from evalbench.sources.base import SourceConfig, SplitData, data_fingerprint
 
 
 class HFConfig(SourceConfig):
@@ -113,12 +112,7 @@ class HFSource:
 
     def fingerprint(self) -> str:
         cfg = self.config
-        h = hashlib.sha256(f"{cfg.path}@{cfg.revision}:{cfg.name}".encode())
-        if self.local is not None:
-            for f in sorted(self.local.rglob("*")):
-                if f.is_file():
-                    h.update(f"{f.relative_to(self.local)}:{f.stat().st_size}".encode())
-        return h.hexdigest()[:16]
+        return data_fingerprint(f"{cfg.path}@{cfg.revision}:{cfg.name}", self.local)
 
     def classnames(self) -> list[str] | None:
         return None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from PIL import Image
 from torch.utils.data import Dataset
 
 from evalbench.errors import EvalbenchError
-from evalbench.sources.base import SourceConfig, SplitData
+from evalbench.sources.base import SourceConfig, SplitData, data_fingerprint
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -63,12 +62,7 @@ class ImageFolderSource:
         return SplitData(ImageFiles(files, labels), labels, [d.name for d in class_dirs], ids)
 
     def fingerprint(self) -> str:
-        # Names and sizes of every file: cheap, and changes when the data does.
-        h = hashlib.sha256(str(self.root).encode())
-        for f in sorted(self.root.rglob("*")):
-            if f.is_file():
-                h.update(f"{f.relative_to(self.root)}:{f.stat().st_size}".encode())
-        return h.hexdigest()[:16]
+        return data_fingerprint(str(self.root), self.root)
 
     def classnames(self) -> list[str] | None:
         return None

@@ -11,7 +11,6 @@ seeking, in any order, from any DataLoader worker.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
@@ -21,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from evalbench.errors import EvalbenchError
-from evalbench.sources.base import SourceConfig, SplitData
+from evalbench.sources.base import SourceConfig, SplitData, data_fingerprint
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 HUB_PREFIXES = ("hf://datasets/", "https://huggingface.co/datasets/")
@@ -149,12 +148,7 @@ class WebDatasetSource:
         return SplitData(TarImages(entries, targets), targets, self.classnames(), ids)
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(f"{self.config.path}@{self.config.revision}".encode())
-        if self.root is not None:
-            for f in sorted(self.root.rglob("*")):
-                if f.is_file():
-                    h.update(f"{f.relative_to(self.root)}:{f.stat().st_size}".encode())
-        return h.hexdigest()[:16]
+        return data_fingerprint(f"{self.config.path}@{self.config.revision}", self.root)
 
     def classnames(self) -> list[str] | None:
         return _read_lines(self._root_for(None) / "classnames.txt")
