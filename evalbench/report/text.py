@@ -84,7 +84,8 @@ def render_md(report: Report) -> str:
     for mode in report.scores:
         label = mode_label(mode)
         parts.append(f"### {label} (main score, %)\n\n{_md(score_cells(report.scores[mode]))}\n")
-        parts.append(f"### {label} (rank per task, 1 = best)\n\n{_md(rank_cells(report.ranks[mode]))}\n")
+        if len(report.scores[mode]) > 1:  # ranks of a lone model say nothing
+            parts.append(f"### {label} (rank per task, 1 = best)\n\n{_md(rank_cells(report.ranks[mode]))}\n")
         if report.deltas is not None and (report.deltas["mode"] == mode).any():
             parts.append(f"### {label} (delta vs {report.baseline}, points)\n\n"
                          f"{_md(delta_cells(report, mode))}\n")
@@ -115,7 +116,8 @@ def render_latex(report: Report) -> str:
     for mode in report.scores:
         label = mode_label(mode)
         parts.append(_latex(score_cells(report.scores[mode]), f"{label} (main score, %)"))
-        parts.append(_latex(rank_cells(report.ranks[mode]), f"{label} (rank per task, 1 = best)"))
+        if len(report.scores[mode]) > 1:
+            parts.append(_latex(rank_cells(report.ranks[mode]), f"{label} (rank per task, 1 = best)"))
         if report.deltas is not None and (report.deltas["mode"] == mode).any():
             cells = delta_cells(report, mode, mark="$^{*}$")
             parts.append(_latex(cells, f"{label}: {significance_legend(report)}"))
