@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from pathlib import Path
@@ -69,6 +70,19 @@ def fingerprint(spec: ModelSpec) -> str:
     return f"{config_digest}-random0"
 
 
+@contextlib.contextmanager
+def _without_random_weights_warning():
+    """open_clip warns on the root logger that a model built without a pretrained tag has random
+    weights; for ARCH@PATH that is untrue, so its WARNING lines are held back meanwhile."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 class OpenClipAdapter:
     def __init__(self, spec: ModelSpec, device: torch.device):
         import open_clip
@@ -81,7 +95,8 @@ class OpenClipAdapter:
         if weights and _is_path(weights):
             path = Path(weights).expanduser()
             state = read_state_dict(path)
-            model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
+            with _without_random_weights_warning():  # the weights are loaded just below
+                model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
             load_into(model, state, path)
         elif weights:
             try:
