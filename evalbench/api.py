@@ -89,14 +89,14 @@ def pending_modes(record: dict | None, model: LazyModel, task: Task, config: Run
 
 
 def _provenance(device: torch.device, config: RunConfig, started: float, model: LazyModel) -> dict:
-    import open_clip
+    from importlib.metadata import version
 
     return {
         "precision": config.precision,
         "model_loaded": model.loaded,
         "evalbench": evalbench.__version__,
         "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
+        "open_clip": version("open_clip_torch"),  # without importing it (3 s) on cached reruns
         "python": platform.python_version(),
         "device": str(device),
         "world_size": distributed.world_size(),
