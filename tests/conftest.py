@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from PIL import Image
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# The default cache (generated data, checkpoint digests) of the tests lives in a temporary folder.
+os.environ["EVALBENCH_CACHE"] = tempfile.mkdtemp(prefix="evalbench-test-cache-")
 
 TINY_CONFIG = {
     "embed_dim": 32,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import os
 import pickle
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from evalbench.errors import EvalbenchError
 
@@ -15,9 +18,38 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 def file_digest(path: Path) -> str:
-    """sha256 prefix of a file's bytes; remembered per (path, size, mtime) within a process."""
+    """sha256 prefix of a file's bytes; remembered per (path, size, mtime, inode) within a process
+    and on disk in ``<cache>/digests.json``, so reruns do not hash large checkpoints again."""
     st = Path(path).stat()
-    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    key = f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    memo = _memo_path()
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    digest = _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{memo}.lock"):
+            try:
+                known = json.loads(memo.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                known = {}
+            known[key] = digest
+            tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known), encoding="utf-8")
+            os.replace(tmp, memo)
+    except OSError:  # a read-only cache only costs the hash next time
+        pass
+    return digest
+
+
+def _memo_path() -> Path:
+    from evalbench.config import default_cache_dir
+
+    return default_cache_dir() / "digests.json"
 
 
 @functools.lru_cache(maxsize=64)
