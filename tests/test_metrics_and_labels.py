@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import yaml
 from sklearn.metrics import recall_score, roc_auc_score
 
 from evalbench.cli import main
-from evalbench.errors import EvalbenchError
 from evalbench.metrics import acc1, classification_metrics, map_11pt, mean_per_class_recall, roc_auc
 from evalbench.records import read_record, unpack_predictions
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from evalbench.cli import main
 from evalbench.records import read_record

@@ -52,15 +52,13 @@ class SklearnBackend:
             return clf.fit(x, y)
 
     def scores(self, model, x, n_classes):
-        if y_is_multilabel(model):
+        from sklearn.multiclass import OneVsRestClassifier
+
+        if isinstance(model, OneVsRestClassifier):  # multi-label: already a column per class
             return model.predict_proba(x)
         out = np.zeros((len(x), n_classes))
         out[:, model.classes_] = model.predict_proba(x)
         return out
-
-
-def y_is_multilabel(model) -> bool:
-    return type(model).__name__ == "OneVsRestClassifier"
 
 
 @dataclass
