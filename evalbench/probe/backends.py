@@ -123,10 +123,13 @@ class TorchBackend:
             if kind == "multinomial":
                 log_p = torch.log_softmax(logits, dim=1)
                 loss = -(log_p * target).sum()
-                residual = log_p.exp() - target
+                # Clamped before exp: probabilities below float32's normal range would be
+                # denormals, which make the next matrix product 20-80x slower on x86 (the
+                # BLAS threads do not flush them); the gradient changes by < 1e-34 per entry.
+                residual = log_p.clamp(min=-80).exp() - target
             else:  # one binary logistic problem per column
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum")
-                residual = torch.sigmoid(logits) - target
+                residual = torch.sigmoid(logits.clamp(-80, 80)) - target
             # Divided by n: the same optimum as scikit-learn's, with a well-scaled gradient.
             w.grad.copy_((xt.T @ residual + w / c) / n)
             b.grad.copy_(residual.sum(dim=0) / n)
