@@ -4,6 +4,8 @@ Image features live in ``<cache>/features/<key>/``: ``shard-NNNNN.npy`` files wr
 complete (each by temp file + rename), and ``manifest.json``. An entry counts as whole only when
 its manifest says ``complete: true``; an interrupted extraction leaves finished shards behind and
 the next run encodes only the missing ones. Text classifiers live in ``<cache>/text/<key>.npy``.
+Probe results live in ``<cache>/probes/<key>.json``, keyed by a digest of the exact feature and
+label arrays plus every probe setting, so a rerun on unchanged features skips the C sweep.
 
 Keys hash everything the numbers depend on: the model fingerprint (weights, architecture and
 therefore preprocessing), the data fingerprint (source, revision, files), the split and rows,
@@ -28,6 +30,16 @@ CACHE_DTYPES = ("float32", "float16")
 
 def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    """A digest of the arrays' shapes, dtypes and bytes (blake2b, about 1 GB/s)."""
+    h = hashlib.blake2b(digest_size=20)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype.str}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -139,6 +151,28 @@ class FeatureCache:
         _atomic_save(path, classifier)
         _atomic_json(path.with_suffix(".json"), meta)
 
+    def result_path(self, key_parts: dict) -> Path | None:
+        if self.root is None:
+            return None
+        return self.root / "probes" / f"{digest(key_parts)}.json"
+
+    def load_result(self, key_parts: dict) -> dict | None:
+        """A probe result saved under the same key, or None (also for an unreadable file)."""
+        path = self.result_path(key_parts)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))["result"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            return None
+
+    def save_result(self, key_parts: dict, result: dict, meta: dict) -> None:
+        path = self.result_path(key_parts)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_json(path, {**meta, "result": result})
+
 
 def list_entries(root: Path) -> list[dict]:
     """A row per cache entry: kind, model, task, split, rows, size, complete, path."""
@@ -157,6 +191,15 @@ def list_entries(root: Path) -> list[dict]:
                      "rows": meta.get("classes"), "dtype": "float32",
                      "size_mb": round(npy.stat().st_size / 2**20, 2) if npy.is_file() else 0.0,
                      "complete": npy.is_file(), "path": str(npy)})
+    for path in sorted((root / "probes").glob("*.json")):
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            meta = {}
+        rows.append({"kind": "probe", "model": meta.get("model"), "task": meta.get("task"),
+                     "split": meta.get("mode", "-"), "rows": meta.get("n_train"), "dtype": "-",
+                     "size_mb": round(path.stat().st_size / 2**20, 2), "complete": "result" in meta,
+                     "path": str(path)})
     return rows
 
 

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--cache-dir", type=Path, default=None, help="feature cache (default: $EVALBENCH_CACHE or ~/.cache/evalbench)"
     )
-    run.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
+    run.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (features, text classifiers, probe results)")
     run.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"], help="stored feature dtype")
     run.add_argument("--precision", default="fp32", choices=["fp32", "amp"], help="amp: bf16/fp16 autocast on CUDA")
     run.add_argument("--batch-size", type=_positive_int, default=64)

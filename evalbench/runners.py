@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from evalbench import distributed
-from evalbench.cache import FeatureCache
+from evalbench import __version__
+from evalbench.cache import FeatureCache, array_digest
 from evalbench.config import RunConfig
 from evalbench.data import Rows, TaskData, load_task_data
 from evalbench.errors import EvalbenchError
@@ -23,6 +24,7 @@ from evalbench.features import autocast, extract_features
 from evalbench.metrics import classification_metrics
 from evalbench.models import LazyModel
 from evalbench.probe import few_shot_probe, linear_probe, make_backend
+from evalbench.probe.sweep import PROTOCOL_VERSION
 from evalbench.records import pack_predictions
 from evalbench.retrieval import encode_texts, retrieval_metrics
 from evalbench.tasks.loader import Task
@@ -116,6 +118,37 @@ def _text_features(model: LazyModel, texts: list[str], config: RunConfig, task: 
     return feats
 
 
+def _probe(mode: str, feats: dict, data: TaskData, config: RunConfig, task: Task, model: LazyModel,
+           backend) -> dict:
+    """One probe mode; its result comes from the cache when the same arrays were probed the same
+    way before (the C sweep is the slow part of a rerun on cached features)."""
+    metric = task.spec.main_metric
+    k = int(mode.split("@")[1]) if "@" in mode else None
+    cache = FeatureCache(config.cache_dir if config.use_cache else None)
+    arrays = [a for role in ("train", "val", "test") for a in feats[role]]
+    key = {"probe": mode, "backend": backend.name, "device": str(model.device) if backend.name == "torch" else "cpu",
+           "normalize": config.probe_normalize, "metric": metric, "classnames": data.classnames,
+           "seeds": config.seeds if k else None, "evalbench": __version__, "protocol": PROTOCOL_VERSION,
+           "arrays": array_digest(*arrays)}
+    cached = cache.load_result(key)
+    if cached is not None:
+        log.info("%s/%s: probe result from the cache (same features and settings)", task.name, mode)
+        return {**cached, "from_cache": True}
+    if k is None:
+        result = linear_probe(
+            feats["train"], feats["val"], feats["test"], len(data.classnames), metric, backend,
+            config.probe_normalize, config.progress,
+        )
+    else:
+        result = few_shot_probe(
+            feats["train"], feats["val"], feats["test"], data.classnames, metric, k, config.seeds,
+            backend, config.probe_normalize, config.progress,
+        )
+    cache.save_result(key, result, {"model": model.spec.name, "task": task.name, "mode": mode,
+                                    "n_train": len(feats["train"][1])})
+    return result
+
+
 def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> dict:
     """Image-text retrieval metrics on the test split."""
     data = load_task_data(task, ["test"], config.cache_dir, config.limit, config.seed)
@@ -149,7 +182,7 @@ def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) 
     feats, skipped = _features(model, data, config, task)
     if not distributed.is_main():
         return {}
-    n_classes, metric = len(data.classnames), task.spec.main_metric
+    metric = task.spec.main_metric
     results = {}
     if "zeroshot" in modes:
         start = time.perf_counter()
@@ -165,17 +198,7 @@ def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) 
         if not mode.startswith("linear_probe"):
             continue
         start = time.perf_counter()
-        if mode == "linear_probe":
-            result = linear_probe(
-                feats["train"], feats["val"], feats["test"], n_classes, metric, backend,
-                config.probe_normalize, config.progress,
-            )
-        else:
-            k = int(mode.split("@")[1])
-            result = few_shot_probe(
-                feats["train"], feats["val"], feats["test"], data.classnames, metric, k, config.seeds,
-                backend, config.probe_normalize, config.progress,
-            )
+        result = _probe(mode, feats, data, config, task, model, backend)
         results[mode] = {**result, "duration_s": round(time.perf_counter() - start, 3)}
     for mode, result in results.items():
         if skipped:

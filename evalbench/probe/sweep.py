@@ -18,6 +18,9 @@ from evalbench.metrics import METRICS, classification_metrics
 from evalbench.probe.backends import Backend, SklearnBackend
 from evalbench.records import pack_predictions
 
+PROTOCOL_VERSION = 1
+"""Part of the probe-result cache key: bump it whenever a change here or in the backends changes
+the numbers, so results cached by older code are not reused."""
 LOG_LAMBDA_RANGE = (-6, 6)
 STEPS_PER_DECADE = 8
 
