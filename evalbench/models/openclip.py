@@ -13,7 +13,7 @@ import torch
 
 from evalbench.errors import EvalbenchError
 from evalbench.models.base import ModelSpec
-from evalbench.models.checkpoint import CHECKPOINT_SUFFIXES, file_digest, load_into, read_state_dict
+from evalbench.models.checkpoint import CHECKPOINT_SUFFIXES, file_digest, load_into, read_state_dict, skip_init
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ class OpenClipAdapter:
         if weights and _is_path(weights):
             path = Path(weights).expanduser()
             state = read_state_dict(path)
-            with _without_random_weights_warning():  # the weights are loaded just below
+            # The weights are loaded just below (strictly), so neither the random initialisation
+            # nor open_clip's warning that the model has random weights applies.
+            with _without_random_weights_warning(), skip_init():
                 model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
             load_into(model, state, path)
         elif weights:
