@@ -38,14 +38,7 @@ def test_digits_probe_target(demo):
     assert demo["demo-final", "digits"]["linear_probe"]["acc1"] >= 0.92
 
 
-NOT_REACHED = pytest.mark.xfail(
-    strict=True,
-    reason="target not reached: demo-final scores 0.298 zero-shot on shapes (3x chance is 0.50); "
-    "see evalbench/assets/README.md for what was tried",
-)
-
-
-@pytest.mark.parametrize("task", [pytest.param("shapes", marks=NOT_REACHED), "colors"])
+@pytest.mark.parametrize("task", ["shapes", "colors"])
 def test_shapes_zeroshot_targets(demo, task):
     assert demo["demo-final", task]["zeroshot"]["acc1"] >= 3 * CHANCE[task]
 
