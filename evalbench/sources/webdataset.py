@@ -90,6 +90,7 @@ class WebDatasetSource:
 
     def __init__(self, config: WebDatasetConfig, task_dir: Path, cache_dir: Path):
         self.config = config
+        self.commit: str | None = None
         if config.path.startswith(HUB_PREFIXES):
             self.root = None
             self.repo_id = config.path
@@ -105,11 +106,16 @@ class WebDatasetSource:
         from huggingface_hub import snapshot_download
 
         try:
-            return Path(
+            path = Path(
                 snapshot_download(
                     self.repo_id, repo_type="dataset", revision=self.config.revision, allow_patterns=patterns
                 )
             )
+            # The hub cache keeps each commit under snapshots/<commit sha>: the data actually read,
+            # whatever branch or tag the task names.
+            if path.parent.name == "snapshots":
+                self.commit = path.name
+            return path
         except Exception as e:  # noqa: BLE001
             raise EvalbenchError(
                 f"dataset.path: {self.config.path} could not be fetched from the hub ({type(e).__name__}); "
@@ -148,7 +154,9 @@ class WebDatasetSource:
         return SplitData(TarImages(entries, targets), targets, self.classnames(), ids)
 
     def fingerprint(self) -> str:
-        return data_fingerprint(f"{self.config.path}@{self.config.revision}", self.root)
+        """For hub data, the commit that was downloaded stands in for a branch name such as
+        ``main``, so new data pushed to the branch never meets features cached from the old."""
+        return data_fingerprint(f"{self.config.path}@{self.commit or self.config.revision}", self.root)
 
     def classnames(self) -> list[str] | None:
         return _read_lines(self._root_for(None) / "classnames.txt")

@@ -1,0 +1,40 @@
+"""Hub webdatasets: the data fingerprint (part of every feature-cache key) follows the commit that
+was downloaded, not the branch name a task pins, such as ``main``."""
+
+from __future__ import annotations
+
+import shutil
+
+import huggingface_hub
+
+from evalbench.data import load_task_data
+from evalbench.tasks.loader import TaskRegistry
+
+from conftest import write_task
+
+
+def test_fingerprint_follows_the_downloaded_commit(tmp_path, webdataset_root, monkeypatch):
+    repo = tmp_path / "hub" / "datasets--org--colours" / "snapshots"
+    for sha in ("a" * 40, "b" * 40):
+        shutil.copytree(webdataset_root, repo / sha)
+    served, calls = {"sha": "a" * 40}, []
+
+    def fake_snapshot_download(repo_id, repo_type, revision, allow_patterns):
+        calls.append((repo_id, repo_type, revision))
+        return str(repo / served["sha"])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    write_task(tasks, "hub-colours", {"source": "webdataset", "path": "hf://datasets/org/colours", "revision": "main"})
+    task = TaskRegistry([tasks]).get("hub-colours")
+
+    first = load_task_data(task, ["test"], tmp_path / "cache")
+    again = load_task_data(task, ["test"], tmp_path / "cache")
+    served["sha"] = "b" * 40  # someone pushed to main
+    moved = load_task_data(task, ["test"], tmp_path / "cache")
+
+    assert calls[0] == ("org/colours", "dataset", "main")
+    assert first.fingerprint == again.fingerprint
+    assert moved.fingerprint != first.fingerprint
+    assert len(moved.views["test"].indices) == len(first.views["test"].indices)
