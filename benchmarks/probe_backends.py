@@ -10,6 +10,7 @@ accuracy (within 0.3 points). Prints numbers and ratios; asserts nothing.
     .venv/bin/python benchmarks/probe_backends.py                    # 50k x 512, 100 classes
     .venv/bin/python benchmarks/probe_backends.py --n 5000 --classes 20   # a quick run
     .venv/bin/python benchmarks/probe_backends.py --diagnose         # + iterations per fit
+    .venv/bin/python benchmarks/probe_backends.py --device cuda      # torch backend on the GPU
 
 Run the full size in the background (``nohup ... > probe.log &``): scikit-learn takes many
 minutes on 2 cores.
@@ -72,14 +73,15 @@ class Counter:
         self.lbfgs.step = self.original
 
 
-def run_probe(name: str, train, val, test, classes: int, diagnose: bool, torch_tol: float | None = None) -> dict:
+def run_probe(name: str, train, val, test, classes: int, diagnose: bool, torch_tol: float | None = None,
+              device: str = "cpu") -> dict:
     """``linear_probe`` with one backend, timing its ``choose_c`` call (the sweep) apart from the
     refit; with ``diagnose``, also each fit's time and iterations (loss evaluations for torch)."""
     import evalbench.probe.sweep as sweep_module
     from evalbench.probe import TorchBackend, linear_probe, make_backend
 
     # --torch-tol tries another gradient tolerance through the backend's own parameter
-    backend = TorchBackend(tol=torch_tol) if name == "torch" and torch_tol else make_backend(name)
+    backend = TorchBackend(device=device, tol=torch_tol) if name == "torch" and torch_tol else make_backend(name, device)
     fits, timing = [], {}
     original_fit, original_choose = backend.fit, sweep_module.choose_c
 
@@ -128,6 +130,7 @@ def main() -> None:
     p.add_argument("--backends", default="torch,sklearn", help="comma-separated, in the order run")
     p.add_argument("--diagnose", action="store_true", help="time each fit and count its iterations")
     p.add_argument("--torch-tol", type=float, default=None, help="try TorchBackend(tol=...) (default: evalbench's)")
+    p.add_argument("--device", default="cpu", help="device of the torch backend (cuda for GPU numbers)")
     p.add_argument("--json", type=str, default=None, help="also write the results to this JSON file")
     args = p.parse_args()
 
@@ -149,7 +152,7 @@ def main() -> None:
 
     results = {}
     for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        r = run_probe(name, train, val, test, args.classes, args.diagnose, args.torch_tol)
+        r = run_probe(name, train, val, test, args.classes, args.diagnose, args.torch_tol, args.device)
         r["load_after"] = os.getloadavg()[0]
         results[name] = r
         print(f"{name:>8}: sweep {r['sweep_s']:7.1f} s ({r['fits']} fits), C={r['best_c']:.4g} "
