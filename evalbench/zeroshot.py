@@ -32,7 +32,12 @@ def build_zeroshot_classifier(
     return torch.cat(columns).T.contiguous()
 
 
-def zeroshot_scores(image_features: np.ndarray, classifier: torch.Tensor) -> np.ndarray:
-    """Cosine similarities (n_images, n_classes) between image features and class embeddings."""
-    feats = F.normalize(torch.from_numpy(image_features).float(), dim=-1)
-    return (feats @ classifier.cpu().float()).numpy()
+def zeroshot_scores(image_features: np.ndarray, classifier: torch.Tensor, chunk: int = 65536) -> np.ndarray:
+    """Cosine similarities (n_images, n_classes) between image features and class embeddings,
+    normalised ``chunk`` rows at a time, so no second copy of the features is made."""
+    weights = classifier.cpu().float()
+    out = np.empty((len(image_features), weights.shape[1]), dtype=np.float32)
+    for start in range(0, len(image_features), chunk):
+        part = torch.from_numpy(np.ascontiguousarray(image_features[start : start + chunk], dtype=np.float32))
+        out[start : start + chunk] = (F.normalize(part, dim=-1) @ weights).numpy()
+    return out

@@ -221,3 +221,18 @@ def test_linear_probe_matches_sklearn_on_direct_features(layout_runs, tiny_arch,
     assert probe["acc1"] == pytest.approx(clf.score(xte, yte))
     assert (probe["n_train"], probe["n_val"], probe["n"]) == (len(ytr), len(yva), len(yte))
 
+
+
+def test_zeroshot_scores_in_chunks_equal_one_product():
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from evalbench.zeroshot import zeroshot_scores
+
+    x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+    classifier = F.normalize(torch.randn(16, 5, generator=torch.Generator().manual_seed(0)), dim=0)
+    whole = (F.normalize(torch.from_numpy(x), dim=-1) @ classifier).numpy()
+    chunked = zeroshot_scores(x, classifier, chunk=64)
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6)
+    assert (chunked.argmax(1) == whole.argmax(1)).all()
