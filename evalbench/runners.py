@@ -14,8 +14,7 @@ import time
 import numpy as np
 import torch
 
-from evalbench import distributed
-from evalbench import __version__
+from evalbench import __version__, distributed
 from evalbench.cache import FeatureCache, array_digest
 from evalbench.config import RunConfig
 from evalbench.data import Rows, TaskData, load_task_data
@@ -73,7 +72,7 @@ def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -
             continue
         for role, view in views.items():
             x = _rows_of(feats, rows, view.indices)
-            good = _finite_rows(x)
+            good = _nan_free_rows(x)
             if good is not None:
                 if config.on_bad_image != "skip":  # NaN rows in a cache written by a skipping run
                     raise EvalbenchError(
@@ -98,7 +97,7 @@ def _rows_of(feats: np.ndarray, rows: np.ndarray, wanted: np.ndarray) -> np.ndar
     return feats[np.searchsorted(rows, wanted)]
 
 
-def _finite_rows(x: np.ndarray, chunk: int = 65536) -> np.ndarray | None:
+def _nan_free_rows(x: np.ndarray, chunk: int = 65536) -> np.ndarray | None:
     """None when every row is finite, else a boolean mask of the rows without NaN (the rows of
     images left out as undecodable). Checked in chunks, so no full-size temporary is made."""
     bad = np.zeros(len(x), dtype=bool)
@@ -146,12 +145,15 @@ def _probe(mode: str, feats: dict, data: TaskData, config: RunConfig, task: Task
     metric = task.spec.main_metric
     k = int(mode.split("@")[1]) if "@" in mode else None
     cache = FeatureCache(config.cache_dir if config.use_cache else None)
-    arrays = [a for role in ("train", "val", "test") for a in feats[role]]
-    key = {"probe": mode, "backend": backend.name, "device": str(model.device) if backend.name == "torch" else "cpu",
-           "normalize": config.probe_normalize, "metric": metric, "classnames": data.classnames,
-           "seeds": config.seeds if k else None, "evalbench": __version__, "protocol": PROTOCOL_VERSION,
-           "arrays": array_digest(*arrays)}
-    cached = cache.load_result(key)
+    key = None
+    if cache.root is not None:  # hashing the arrays (about 1 GB/s) is only worth it with a cache
+        arrays = [a for role in ("train", "val", "test") for a in feats[role]]
+        key = {"probe": mode, "backend": backend.name,
+               "device": str(model.device) if backend.name == "torch" else "cpu",
+               "normalize": config.probe_normalize, "metric": metric, "classnames": data.classnames,
+               "seeds": config.seeds if k else None, "evalbench": __version__, "protocol": PROTOCOL_VERSION,
+               "arrays": array_digest(*arrays)}
+    cached = cache.load_result(key) if key else None
     if cached is not None:
         log.info("%s/%s: probe result from the cache (same features and settings)", task.name, mode)
         return {**cached, "from_cache": True}
@@ -165,8 +167,9 @@ def _probe(mode: str, feats: dict, data: TaskData, config: RunConfig, task: Task
             feats["train"], feats["val"], feats["test"], data.classnames, metric, k, config.seeds,
             backend, config.probe_normalize, config.progress,
         )
-    cache.save_result(key, result, {"model": model.spec.name, "task": task.name, "mode": mode,
-                                    "n_train": len(feats["train"][1])})
+    if key:
+        cache.save_result(key, result, {"model": model.spec.name, "task": task.name, "mode": mode,
+                                        "n_train": len(feats["train"][1])})
     return result
 
 

@@ -158,13 +158,13 @@ def test_two_processes_share_results_and_cache(tmp_path, tiny_arch, task_dir):
 def test_feature_views_share_memory_and_nan_rows_are_found_in_chunks():
     import numpy as np
 
-    from evalbench.runners import _finite_rows, _rows_of
+    from evalbench.runners import _nan_free_rows, _rows_of
 
     feats = np.arange(20, dtype=np.float32).reshape(5, 4)
     rows = np.array([2, 5, 7, 8, 9])
     assert np.shares_memory(_rows_of(feats, rows, rows), feats), "a view of every row in order is not a copy"
     np.testing.assert_array_equal(_rows_of(feats, rows, np.array([5, 8])), feats[[1, 3]])
 
-    assert _finite_rows(feats, chunk=2) is None
+    assert _nan_free_rows(feats, chunk=2) is None
     feats[3, 1] = np.nan
-    np.testing.assert_array_equal(_finite_rows(feats, chunk=2), [True, True, True, False, True])
+    np.testing.assert_array_equal(_nan_free_rows(feats, chunk=2), [True, True, True, False, True])
