@@ -38,3 +38,31 @@ def test_fingerprint_follows_the_downloaded_commit(tmp_path, webdataset_root, mo
     assert first.fingerprint == again.fingerprint
     assert moved.fingerprint != first.fingerprint
     assert len(moved.views["test"].indices) == len(first.views["test"].indices)
+
+
+def test_hf_hub_fingerprint_follows_the_loaded_data(tmp_path, hf_root, monkeypatch):
+    import datasets
+
+    stored = datasets.load_from_disk(str(hf_root))
+    served, calls = {"fingerprint": "first"}, []
+
+    def fake_load_dataset(path, name=None, split=None, revision=None):
+        calls.append((path, split, revision))
+        table = stored[split]
+        table._fingerprint = f"{served['fingerprint']}-{split}"
+        return table
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    write_task(tasks, "hub-hf", {"source": "hf", "path": "org/colours", "revision": "main"})
+    task = TaskRegistry([tasks]).get("hub-hf")
+
+    first = load_task_data(task, ["test"], tmp_path / "cache")
+    again = load_task_data(task, ["test"], tmp_path / "cache")
+    served["fingerprint"] = "second"  # someone pushed to main
+    moved = load_task_data(task, ["test"], tmp_path / "cache")
+
+    assert calls[0] == ("org/colours", "test", "main")
+    assert first.fingerprint == again.fingerprint
+    assert moved.fingerprint != first.fingerprint

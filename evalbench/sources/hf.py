@@ -48,6 +48,7 @@ class HFSource:
 
     def __init__(self, config: HFConfig, task_dir: Path, cache_dir: Path):
         self.config = config
+        self.loaded: dict[str, str] = {}  # split -> datasets' fingerprint, for hub data
         local = task_dir / config.path
         self.local = local.resolve() if local.exists() else None
         if self.local is None and (config.path.startswith((".", "/")) or config.path.count("/") > 1):
@@ -66,7 +67,12 @@ class HFSource:
             if self.local is not None and (self.local / "state.json").is_file():
                 return datasets.load_from_disk(str(self.local))
             where = str(self.local) if self.local is not None else cfg.path
-            return datasets.load_dataset(where, cfg.name, split=split, revision=cfg.revision)
+            table = datasets.load_dataset(where, cfg.name, split=split, revision=cfg.revision)
+            if self.local is None:
+                # datasets derives this from the files it resolved on the hub (their commit and
+                # etags), so it changes when data is pushed to the branch a task names.
+                self.loaded[split] = table._fingerprint
+            return table
         except ValueError as e:
             if "split" in str(e).lower():
                 raise EvalbenchError(f"splits: dataset {cfg.path} has no split '{split}' ({e})") from None
@@ -111,8 +117,11 @@ class HFSource:
         return SplitData(HFImages(table, cfg.image_column, labels), labels, names, ids)
 
     def fingerprint(self) -> str:
+        """Hub data also hashes the fingerprints ``datasets`` gave the loaded splits, so a branch
+        such as ``main`` that moves never meets features cached from its old data."""
         cfg = self.config
-        return data_fingerprint(f"{cfg.path}@{cfg.revision}:{cfg.name}", self.local)
+        loaded = ",".join(f"{split}={fp}" for split, fp in sorted(self.loaded.items()))
+        return data_fingerprint(f"{cfg.path}@{cfg.revision}:{cfg.name}:{loaded}", self.local)
 
     def classnames(self) -> list[str] | None:
         return None
