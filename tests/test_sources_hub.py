@@ -40,17 +40,21 @@ def test_fingerprint_follows_the_downloaded_commit(tmp_path, webdataset_root, mo
     assert len(moved.views["test"].indices) == len(first.views["test"].indices)
 
 
-def test_hf_hub_fingerprint_follows_the_loaded_data(tmp_path, hf_root, monkeypatch):
+def test_hf_hub_fingerprint_follows_the_resolved_data(tmp_path, hf_root, monkeypatch):
+    """datasets keeps hub data under <name>/<config id>/<version>/<hash>/<name>-<split>.arrow; the
+    fingerprint follows that folder (new data, new folder) and not the set of splits loaded."""
     import datasets
 
-    stored = datasets.load_from_disk(str(hf_root))
-    served, calls = {"fingerprint": "first"}, []
+    served, calls = {"hash": "a" * 40}, []
 
     def fake_load_dataset(path, name=None, split=None, revision=None):
         calls.append((path, split, revision))
-        table = stored[split]
-        table._fingerprint = f"{served['fingerprint']}-{split}"
-        return table
+        folder = tmp_path / "hf-cache" / "org___colours" / "default" / "0.0.0" / served["hash"]
+        arrow = folder / f"colours-{split}.arrow"
+        if not arrow.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(next((hf_root / split).glob("*.arrow")), arrow)
+        return datasets.Dataset.from_file(str(arrow))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     tasks = tmp_path / "tasks"
@@ -59,10 +63,11 @@ def test_hf_hub_fingerprint_follows_the_loaded_data(tmp_path, hf_root, monkeypat
     task = TaskRegistry([tasks]).get("hub-hf")
 
     first = load_task_data(task, ["test"], tmp_path / "cache")
-    again = load_task_data(task, ["test"], tmp_path / "cache")
-    served["fingerprint"] = "second"  # someone pushed to main
+    with_probe_splits = load_task_data(task, ["train", "val", "test"], tmp_path / "cache")
+    served["hash"] = "b" * 40  # someone pushed to main
     moved = load_task_data(task, ["test"], tmp_path / "cache")
 
     assert calls[0] == ("org/colours", "test", "main")
-    assert first.fingerprint == again.fingerprint
+    assert first.fingerprint == with_probe_splits.fingerprint, "one key for the test split in every mode"
     assert moved.fingerprint != first.fingerprint
+    assert len(moved.views["test"].indices) == len(first.views["test"].indices)

@@ -48,7 +48,7 @@ class HFSource:
 
     def __init__(self, config: HFConfig, task_dir: Path, cache_dir: Path):
         self.config = config
-        self.loaded: dict[str, str] = {}  # split -> datasets' fingerprint, for hub data
+        self.resolved = ""  # for hub data: the folder datasets resolved it to (see _load)
         local = task_dir / config.path
         self.local = local.resolve() if local.exists() else None
         if self.local is None and (config.path.startswith((".", "/")) or config.path.count("/") > 1):
@@ -68,10 +68,12 @@ class HFSource:
                 return datasets.load_from_disk(str(self.local))
             where = str(self.local) if self.local is not None else cfg.path
             table = datasets.load_dataset(where, cfg.name, split=split, revision=cfg.revision)
-            if self.local is None:
-                # datasets derives this from the files it resolved on the hub (their commit and
-                # etags), so it changes when data is pushed to the branch a task names.
-                self.loaded[split] = table._fingerprint
+            if self.local is None and table.cache_files:
+                # datasets stores a hub dataset under <name>/<config id>/<version>/<hash>, where
+                # the config id and hash follow the files it resolved (their commit and etags):
+                # that folder changes when data is pushed to the branch a task names, and is the
+                # same for every split, so the test split keeps one cache key across modes.
+                self.resolved = "/".join(Path(table.cache_files[0]["filename"]).parent.parts[-4:])
             return table
         except ValueError as e:
             if "split" in str(e).lower():
@@ -117,11 +119,10 @@ class HFSource:
         return SplitData(HFImages(table, cfg.image_column, labels), labels, names, ids)
 
     def fingerprint(self) -> str:
-        """Hub data also hashes the fingerprints ``datasets`` gave the loaded splits, so a branch
-        such as ``main`` that moves never meets features cached from its old data."""
+        """Hub data also hashes the folder ``datasets`` resolved it to, so a branch such as
+        ``main`` that moves never meets features cached from its old data."""
         cfg = self.config
-        loaded = ",".join(f"{split}={fp}" for split, fp in sorted(self.loaded.items()))
-        return data_fingerprint(f"{cfg.path}@{cfg.revision}:{cfg.name}:{loaded}", self.local)
+        return data_fingerprint(f"{cfg.path}@{cfg.revision}:{cfg.name}:{self.resolved}", self.local)
 
     def classnames(self) -> list[str] | None:
         return None
