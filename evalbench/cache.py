@@ -175,7 +175,7 @@ class FeatureCache:
 
 
 def list_entries(root: Path) -> list[dict]:
-    """A row per cache entry: kind, model, task, split, rows, size, complete, path."""
+    """A row per cache entry: kind, model, task, split, rows, size, complete, path; by model, task."""
     rows = []
     for manifest in sorted((root / "features").glob("*/manifest.json")):
         meta = json.loads(manifest.read_text(encoding="utf-8"))
@@ -200,7 +200,7 @@ def list_entries(root: Path) -> list[dict]:
                      "split": meta.get("mode", "-"), "rows": meta.get("n_train"), "dtype": "-",
                      "size_mb": round(path.stat().st_size / 2**20, 2), "complete": "result" in meta,
                      "path": str(path)})
-    return rows
+    return sorted(rows, key=lambda r: (r["model"] or "", r["task"] or "", r["kind"], str(r["split"])))
 
 
 def clear_entries(root: Path, pattern: str | None = None) -> list[dict]:

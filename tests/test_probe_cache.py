@@ -45,7 +45,10 @@ def test_rerun_on_cached_features_reuses_the_probe_result(tmp_path, tiny_arch, t
     assert len(fits) == swept, "no fit on unchanged features and settings"
     assert again["from_cache"] is True
     assert _numbers(again) == _numbers(first)
-    assert [row["kind"] for row in list_entries(tmp_path / "cache")].count("probe") == 1
+    entries = list_entries(tmp_path / "cache")
+    assert [row["kind"] for row in entries].count("probe") == 1
+    order = [(row["model"], row["task"], row["kind"], row["split"]) for row in entries]
+    assert order == sorted(order), "cache list reads by model, then task"
 
 
 def test_changed_setting_or_no_cache_fits_again(tmp_path, tiny_arch, task_dir, fits):
