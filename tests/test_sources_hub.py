@@ -13,6 +13,14 @@ from evalbench.tasks.loader import TaskRegistry
 from conftest import write_task
 
 
+def _task_on_main(tmp_path, name: str, dataset: dict):
+    """A task file for ``dataset`` at ``revision: main``, loaded through the registry."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    write_task(tasks, name, {**dataset, "revision": "main"})
+    return TaskRegistry([tasks]).get(name)
+
+
 def test_fingerprint_follows_the_downloaded_commit(tmp_path, webdataset_root, monkeypatch):
     repo = tmp_path / "hub" / "datasets--org--colours" / "snapshots"
     for sha in ("a" * 40, "b" * 40):
@@ -24,10 +32,7 @@ def test_fingerprint_follows_the_downloaded_commit(tmp_path, webdataset_root, mo
         return str(repo / served["sha"])
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    write_task(tasks, "hub-colours", {"source": "webdataset", "path": "hf://datasets/org/colours", "revision": "main"})
-    task = TaskRegistry([tasks]).get("hub-colours")
+    task = _task_on_main(tmp_path, "hub-colours", {"source": "webdataset", "path": "hf://datasets/org/colours"})
 
     first = load_task_data(task, ["test"], tmp_path / "cache")
     again = load_task_data(task, ["test"], tmp_path / "cache")
@@ -57,10 +62,7 @@ def test_hf_hub_fingerprint_follows_the_resolved_data(tmp_path, hf_root, monkeyp
         return datasets.Dataset.from_file(str(arrow))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    write_task(tasks, "hub-hf", {"source": "hf", "path": "org/colours", "revision": "main"})
-    task = TaskRegistry([tasks]).get("hub-hf")
+    task = _task_on_main(tmp_path, "hub-hf", {"source": "hf", "path": "org/colours"})
 
     first = load_task_data(task, ["test"], tmp_path / "cache")
     with_probe_splits = load_task_data(task, ["train", "val", "test"], tmp_path / "cache")
