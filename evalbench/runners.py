@@ -192,7 +192,7 @@ def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> dict:
     if skipped:
         raise EvalbenchError(f"{task.name}: retrieval cannot leave images out; fix the undecodable images")
     result.update(main_score=result[task.spec.main_metric], n=len(images), n_texts=len(texts),
-                  duration_s=round(time.perf_counter() - start, 3))
+                  duration_s=round(time.perf_counter() - start, 3), data_fingerprint=data.fingerprint)
     return {"retrieval": result}
 
 
@@ -224,7 +224,10 @@ def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) 
         start = time.perf_counter()
         result = _probe(mode, feats, data, config, task, model, backend)
         results[mode] = {**result, "duration_s": round(time.perf_counter() - start, 3)}
-    for mode, result in results.items():
+    for result in results.values():
+        # Per mode, since a record may keep modes computed earlier: which data each one read
+        # (for hub data on a branch, this follows the commit that was downloaded).
+        result["data_fingerprint"] = data.fingerprint
         if skipped:
             result["skipped_images"] = skipped
     return results

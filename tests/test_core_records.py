@@ -282,3 +282,28 @@ def test_records_of_two_models_do_not_mix(tmp_path, capsys, folder_task, tiny_ar
     b = json.loads((results / "b" / "colours.json").read_text())
     assert a["model"]["name"] == "a" and b["model"]["name"] == "b"
     assert a["model"]["fingerprint"] != b["model"]["fingerprint"]
+
+
+def test_each_mode_records_the_data_it_read(tmp_path, tiny_arch, imagefolder_root):
+    import shutil
+
+    from evalbench.data import load_task_data
+    from evalbench.records import read_record
+    from evalbench.tasks.loader import TaskRegistry
+
+    data_root = tmp_path / "images"
+    shutil.copytree(imagefolder_root, data_root)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    write_task(tasks, "colours", {"source": "imagefolder", "path": str(data_root)})
+    args = ["run", "--no-progress", "--model", f"tiny={tiny_arch}", "--tasks", "colours", "--tasks-dir", str(tasks),
+            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, "--mode", "zeroshot"]) == 0
+    expected = load_task_data(TaskRegistry([tasks]).get("colours"), ["test"], tmp_path / "cache").fingerprint
+
+    extra = next((data_root / "train" / "red").glob("*.png"))
+    shutil.copy(extra, extra.with_name("added.png"))  # the data changes before the probe runs
+    assert main([*args, "--mode", "linear_probe"]) == 0
+    record = read_record(tmp_path / "results" / "tiny" / "colours.json")
+    assert record["results"]["zeroshot"]["data_fingerprint"] == expected
+    assert record["results"]["linear_probe"]["data_fingerprint"] != expected
