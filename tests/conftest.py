@@ -11,12 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 # The default cache (generated data, checkpoint digests) of the tests lives in a temporary folder.
 os.environ["EVALBENCH_CACHE"] = tempfile.mkdtemp(prefix="evalbench-test-cache-")
+
+# Property tests are derandomized by default, so the suite never fails at random (CI and
+# `make test` alike). `HYPOTHESIS_PROFILE=explore make test` draws fresh, many more examples.
+settings.register_profile("default", derandomize=True, database=None, deadline=None, max_examples=50)
+settings.register_profile("explore", derandomize=False, deadline=None, max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 TINY_CONFIG = {
     "embed_dim": 32,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from evalbench.cli import main
@@ -52,10 +52,11 @@ def mutate(task: dict, path: tuple, action: str, value) -> dict:
     return task
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     mutations=st.lists(st.tuples(st.sampled_from(PATHS), st.sampled_from(["drop", "set"]), VALUES), min_size=1, max_size=3),
 )
+@example(mutations=[(("dataset", "source"), "set", [])])  # once crashed validate_dataset: unhashable list
 def test_mutated_task_fails_cleanly_or_runs(mutations, tmp_path, imagefolder_root, tiny_arch, capsys):
     task = base_task(imagefolder_root)
     for path, action, value in mutations:
@@ -77,7 +78,7 @@ def test_mutated_task_fails_cleanly_or_runs(mutations, tmp_path, imagefolder_roo
         assert len([line for line in err.splitlines() if line.startswith("evalbench: error:")]) == 1
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=200))
 def test_arbitrary_text_is_a_clean_error(text, tmp_path, capsys):
     file = tmp_path / "junk.yaml"

@@ -121,7 +121,7 @@ def validate_dataset(path: Path, dataset: Any) -> list[str]:
     if not isinstance(dataset, dict):
         return [f"{path}: dataset: expected a mapping"]
     kind = dataset.get("source")
-    if kind not in SOURCES:
+    if not isinstance(kind, str) or kind not in SOURCES:
         return [f"{path}: dataset.source: unknown source {kind!r} (known: {', '.join(sorted(SOURCES))})"]
     try:
         source_class(kind).Config.model_validate(dataset)
