@@ -1,7 +1,9 @@
-"""``evaluate``: the one entry point the CLI and notebooks share.
+"""The Python API that notebooks and the CLI share: ``evaluate``, ``list_tasks``,
+``load_records``, ``report``.
 
-For each (model, task): decide which modes still need running, load the task's data, extract
-image features once per split, run zero-shot and the linear probe on them, write the record.
+For each (model, task), :func:`run` decides which modes still need running, loads the task's
+data, extracts image features once per split, runs zero-shot and the linear probe on them, and
+writes the record. :func:`evaluate` is the same with keyword settings, returning a table.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import logging
 import platform
 import time
-from dataclasses import replace
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,10 +22,11 @@ from filelock import FileLock
 
 import evalbench
 from evalbench import distributed
-from evalbench.config import RunConfig
+from evalbench.config import MODES, RunConfig, make_config
 from evalbench.errors import EvalbenchError
 from evalbench.models import LazyModel, parse_model_spec
-from evalbench.records import SCHEMA_VERSION, read_record, record_path, write_record
+from evalbench.models.checkpoint import digest_memo
+from evalbench.records import Record, load_record, record_path, write_record
 from evalbench.runners import run_task
 from evalbench.tasks.loader import Task, TaskRegistry
 
@@ -41,18 +44,18 @@ def resolve_device(name: str) -> torch.device:
         raise EvalbenchError(f"--device: unknown device '{name}' (use auto, cpu or cuda)") from None
 
 
-def record_mismatch(record: dict, model: LazyModel, task: Task, config: RunConfig) -> list[str]:
+def record_mismatch(record: Record, model: LazyModel, task: Task, config: RunConfig) -> list[str]:
     """How an existing record differs from this run's model (spec and weights), task hash and
     ``--limit``."""
     mismatch = []
-    if record["model"]["spec"] != model.spec.spec:
-        mismatch.append(f"model spec {record['model']['spec']!r}")
-    elif record["model"].get("fingerprint") != model.fingerprint:
-        mismatch.append(f"model fingerprint {record['model'].get('fingerprint')} (the weights changed)")
-    if record["task"]["hash"] != task.hash:
-        mismatch.append(f"task hash {record['task']['hash']} (the task file changed)")
-    if record["task"].get("limit") != config.limit:
-        mismatch.append(f"--limit {record['task'].get('limit')}")
+    if record.model.spec != model.spec.spec:
+        mismatch.append(f"model spec {record.model.spec!r}")
+    elif record.model.fingerprint != model.fingerprint:
+        mismatch.append(f"model fingerprint {record.model.fingerprint} (the weights changed)")
+    if record.task.hash != task.hash:
+        mismatch.append(f"task hash {record.task.hash} (the task file changed)")
+    if record.task.limit != config.limit:
+        mismatch.append(f"--limit {record.task.limit}")
     return mismatch
 
 
@@ -75,7 +78,7 @@ def task_keys(task: Task, config: RunConfig) -> list[str]:
     return result_keys(config)
 
 
-def pending_modes(record: dict | None, model: LazyModel, task: Task, config: RunConfig) -> list[str]:
+def pending_modes(record: Record | None, model: LazyModel, task: Task, config: RunConfig) -> list[str]:
     """Result keys of this run that the existing record lacks. A record made for another model
     spec, task hash or ``--limit`` is an error unless ``--overwrite``: results are never replaced
     silently."""
@@ -85,7 +88,7 @@ def pending_modes(record: dict | None, model: LazyModel, task: Task, config: Run
     if mismatch:
         path = record_path(config.results_dir, model.spec.slug, task.name)
         raise EvalbenchError(f"{path}: holds results for {', '.join(mismatch)}; pass --overwrite to replace them")
-    return [m for m in task_keys(task, config) if m not in record.get("results", {})]
+    return [m for m in task_keys(task, config) if m not in record.results]
 
 
 def _provenance(device: torch.device, config: RunConfig, started: float, model: LazyModel) -> dict:
@@ -106,14 +109,20 @@ def _provenance(device: torch.device, config: RunConfig, started: float, model: 
     }
 
 
-def evaluate(
+def run(
     models: list[str], tasks: list[str], config: RunConfig, registry: TaskRegistry | None = None
 ) -> list[Path]:
     """Run ``config.modes`` for every (model, task); return the paths of the records touched.
 
     Everything is validated before any model loads: task files, model spec syntax, duplicate
     names. Finished (model, task, mode) triples are skipped unless ``config.overwrite``.
+    Checkpoint digests are remembered in ``config.cache_dir`` (nowhere under ``use_cache=False``).
     """
+    with digest_memo(config.cache_dir if config.use_cache else None):
+        return _run(models, tasks, config, registry)
+
+
+def _run(models: list[str], tasks: list[str], config: RunConfig, registry: TaskRegistry | None) -> list[Path]:
     registry = registry or TaskRegistry()
     specs = [parse_model_spec(m) for m in models]
     slugs = [s.slug for s in specs]
@@ -128,7 +137,7 @@ def evaluate(
     distributed.init_from_env(device)
     if config.precision == "amp" and device.type != "cuda":
         log.warning("--precision amp applies on CUDA only; using fp32 on %s", device)
-        config = replace(config, precision="fp32")
+        config = config.model_copy(update={"precision": "fp32"})
     lazy_models = [LazyModel(spec, device, config.trust_remote_code) for spec in specs]  # validates every spec up front
     return [evaluate_one(model, task, config) for model in lazy_models for task in task_objs]
 
@@ -148,7 +157,7 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
     if main and lock.is_locked:
         log.info("%s / %s: waiting for another process working on it", spec.name, task.name)
     with lock if main else contextlib.nullcontext():
-        existing = read_record(path) if main else None
+        existing = load_record(path) if main else None
         todo = distributed.broadcast(_todo(existing, model, task, config) if main else None)
         if not todo:
             return path
@@ -159,11 +168,10 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
             return path
         # Modes not rerun stay, unless they were computed for something else.
         same = existing is not None and not record_mismatch(existing, model, task, config)
-        keep = existing["results"] if same else {}
-        record = {
-            "schema_version": SCHEMA_VERSION,
-            "model": {"name": spec.name, "spec": spec.spec, "fingerprint": model.fingerprint},
-            "task": {
+        keep = existing.results if same else {}
+        record = Record(
+            model={"name": spec.name, "spec": spec.spec, "fingerprint": model.fingerprint},
+            task={
                 "name": task.name,
                 "version": task.spec.version,
                 "hash": task.hash,
@@ -171,9 +179,9 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
                 "limit": config.limit,
                 "config": task.resolved,
             },
-            "results": {**keep, **results},
-            "provenance": _provenance(model.device, config, started, model),
-        }
+            results={**keep, **results},
+            provenance=_provenance(model.device, config, started, model),
+        )
         write_record(path, record)
     return path
 
@@ -187,7 +195,7 @@ def lock_path(config: RunConfig, record: Path) -> Path:
     return folder / f"{key}.lock"
 
 
-def _todo(existing: dict | None, model: LazyModel, task: Task, config: RunConfig) -> list[str]:
+def _todo(existing: Record | None, model: LazyModel, task: Task, config: RunConfig) -> list[str]:
     todo = pending_modes(existing, model, task, config)
     if task.spec.splits.train is None and any(m.startswith("linear_probe") for m in todo):
         log.info("%s: no train split, skipping the linear probe", task.name)
@@ -196,3 +204,97 @@ def _todo(existing: dict | None, model: LazyModel, task: Task, config: RunConfig
         path = record_path(config.results_dir, model.spec.slug, task.name)
         log.info("%s / %s: done already (%s); --overwrite reruns", model.spec.name, task.name, path)
     return todo
+
+
+def _names(value: str | Iterable[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def evaluate(
+    models: str | Iterable[str],
+    tasks: str | Iterable[str] = (),
+    *,
+    suite: str | Iterable[str] | None = None,
+    modes: str | Iterable[str] = MODES,
+    results_dir: str | Path = "results",
+    tasks_dir: str | Path | Iterable[str | Path] = (),
+    **settings,
+):
+    """Evaluate ``models`` on ``tasks`` (and every task of ``suite``) and return the results as a
+    pandas DataFrame in the long format of ``evalbench report --format csv``: one row per
+    (model, task, mode, metric) with columns ``model, task, mode, metric, value`` (fractions).
+
+    ``models`` are ``--model`` specs (``"ViT-B-32@laion2b_s34b_b79k"``, ``"hf:openai/clip-vit-base-patch32"``,
+    ``"demo-final"``); ``tasks`` are task names or YAML paths; ``tasks_dir`` adds folders of task
+    files. ``modes`` is ``zeroshot``, ``linear_probe`` or both. Every other keyword is a setting of
+    :class:`evalbench.config.RunConfig` (``batch_size``, ``device``, ``limit``, ``shots``,
+    ``probe_backend``, ``cache_dir``, ``overwrite``, ...). Records are written to ``results_dir``
+    as by ``evalbench run``; finished results are reused, never overwritten without
+    ``overwrite=True``.
+
+    Raises EvalbenchError (a ValueError) naming the setting for an invalid setting, and for an
+    unknown task, model or suite, before any model loads.
+
+    >>> import evalbench
+    >>> evalbench.evaluate("demo-final", "digits", modes="zeroshot")  # doctest: +SKIP
+    """
+    from evalbench.report.tables import long_table
+
+    config = make_config(modes=modes, results_dir=results_dir, **settings)
+    registry = TaskRegistry([tasks_dir] if isinstance(tasks_dir, (str, Path)) else list(tasks_dir))
+    task_names = _names(tasks) + [t for s in _names(suite) for t in registry.suite(s).tasks]
+    model_specs = _names(models)
+    if not task_names:
+        raise EvalbenchError("tasks: no task given (pass task names, YAML paths or suite=)")
+    if not model_specs:
+        raise EvalbenchError("models: no model given")
+    paths = run(model_specs, task_names, config, registry)
+    records = [r for r in (load_record(p) for p in paths) if r is not None]
+    return long_table([r.to_dict() for r in records])
+
+
+def list_tasks(pattern: str | None = None, tasks_dir: str | Path | Iterable[str | Path] = ()) -> list[str]:
+    """Names of the built-in tasks (and those under ``tasks_dir``) matching an fnmatch
+    ``pattern`` (``"imagenet*"``), in natural order."""
+    dirs = [tasks_dir] if isinstance(tasks_dir, (str, Path)) else list(tasks_dir)
+    return TaskRegistry(dirs).names(pattern)
+
+
+def load_records(results_dir: str | Path = "results") -> list[Record]:
+    """Every valid record under ``results_dir`` as :class:`evalbench.records.Record` objects;
+    files that are not valid records are named in a warning and skipped."""
+    from evalbench.report.build import load_records as _load
+
+    return _load(results_dir)
+
+
+def report(
+    results_dir: str | Path = "results",
+    *,
+    format: str = "md",
+    baseline: str | None = None,
+    output: str | Path | None = None,
+    tasks_dir: str | Path | Iterable[str | Path] = (),
+    records: list | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> str:
+    """The report of every record under ``results_dir`` (or of ``records``) as text in
+    ``format`` (md, csv, latex, json, html), with deltas against ``baseline`` when given; also
+    written atomically to ``output`` when given. Raises EvalbenchError for an unknown format or
+    baseline."""
+    from evalbench.fileio import atomic_write_text
+    from evalbench.report import CompareOptions, build_report, render_report
+    from evalbench.report.formats import renderer
+
+    renderer(format)
+    dirs = [tasks_dir] if isinstance(tasks_dir, (str, Path)) else list(tasks_dir)
+    if records is None:
+        records = load_records(results_dir)
+    built = build_report(records, TaskRegistry(dirs).suites(), baseline, CompareOptions(resamples=resamples, seed=seed))
+    text = render_report(built, format)
+    if output is not None:
+        atomic_write_text(Path(output), text)
+    return text

@@ -17,13 +17,13 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from evalbench.fileio import atomic_save_npy, atomic_write_json
 
 CACHE_DTYPES = ("float32", "float16")
 
@@ -40,28 +40,6 @@ def array_digest(*arrays: np.ndarray) -> str:
         h.update(f"{a.shape}{a.dtype.str}".encode())
         h.update(memoryview(a).cast("B"))
     return h.hexdigest()
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -99,14 +77,14 @@ class FeatureEntry:
     def begin(self, n_rows: int) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         if self.manifest() is None:
-            _atomic_json(self.manifest_path, {**self.meta, "n": n_rows, "shard_size": self.shard_size,
+            atomic_write_json(self.manifest_path, {**self.meta, "n": n_rows, "shard_size": self.shard_size,
                                               "dtype": self.dtype, "complete": False})
 
     def write_shard(self, i: int, features: np.ndarray) -> None:
-        _atomic_save(self.shard_path(i), features.astype(self.dtype))
+        atomic_save_npy(self.shard_path(i), features.astype(self.dtype))
 
     def finish(self, n_rows: int, dim: int) -> None:
-        _atomic_json(self.manifest_path, {**self.meta, "n": n_rows, "dim": dim, "shard_size": self.shard_size,
+        atomic_write_json(self.manifest_path, {**self.meta, "n": n_rows, "dim": dim, "shard_size": self.shard_size,
                                           "dtype": self.dtype, "complete": True})
 
     def load(self, n_rows: int) -> np.ndarray:
@@ -148,8 +126,8 @@ class FeatureCache:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save(path, classifier)
-        _atomic_json(path.with_suffix(".json"), meta)
+        atomic_save_npy(path, classifier)
+        atomic_write_json(path.with_suffix(".json"), meta)
 
     def result_path(self, key_parts: dict) -> Path | None:
         if self.root is None:
@@ -171,7 +149,7 @@ class FeatureCache:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_json(path, {**meta, "result": result})
+        atomic_write_json(path, {**meta, "result": result})
 
 
 def list_entries(root: Path) -> list[dict]:

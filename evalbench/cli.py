@@ -9,7 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from evalbench.config import MODES, choices
 from evalbench.errors import EvalbenchError
+from evalbench.report.formats import FORMATS
 
 log = logging.getLogger("evalbench")
 
@@ -55,21 +57,11 @@ def _add_tasks_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _shots(text: str) -> tuple[int, ...]:
-    try:
-        shots = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
-    if not shots or min(shots) < 1:
-        raise argparse.ArgumentTypeError(f"expected shot counts >= 1, got {text!r}")
-    return shots
-
-
 def _add_probe_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--probe-backend", default="sklearn", choices=["sklearn", "torch"], help="logistic regression solver")
+    p.add_argument("--probe-backend", default="sklearn", choices=choices("probe_backend"), help="logistic regression solver")
     p.add_argument("--probe-normalize", action="store_true", help="L2-normalise features before the probe")
-    p.add_argument("--shots", type=_shots, default=(), metavar="K,K", help="k-shot probes, e.g. 1,2,4,8,16")
-    p.add_argument("--seeds", type=_positive_int, default=3, help="draws per k-shot probe")
+    p.add_argument("--shots", default="", metavar="K,K", help="k-shot probes, e.g. 1,2,4,8,16")
+    p.add_argument("--seeds", type=int, default=3, help="draws per k-shot probe")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,22 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", action="append", metavar="A,B", help="task names or .yaml paths, comma-separated")
     run.add_argument("--suite", action="append", metavar="NAME", help="a suite from tasks/suites/ (repeatable)")
     _add_tasks_dir(run)
-    run.add_argument("--mode", default="zeroshot,linear_probe", help="zeroshot, linear_probe, or both")
+    run.add_argument("--mode", default=",".join(MODES), help=f"{', '.join(choices('modes'))}, comma-separated")
     run.add_argument("--results-dir", type=Path, default=Path("results"), help="where records are written")
     run.add_argument(
         "--cache-dir", type=Path, default=None, help="feature cache (default: $EVALBENCH_CACHE or ~/.cache/evalbench)"
     )
     run.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (features, text classifiers, probe results)")
-    run.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"], help="stored feature dtype")
-    run.add_argument("--precision", default="fp32", choices=["fp32", "amp"], help="amp: bf16/fp16 autocast on CUDA")
-    run.add_argument("--batch-size", type=_positive_int, default=64)
-    run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--limit", type=_positive_int, default=None, help="evaluate at most N images per split")
+    run.add_argument("--cache-dtype", default="float32", choices=choices("cache_dtype"), help="stored feature dtype")
+    run.add_argument("--precision", default="fp32", choices=choices("precision"), help="amp: bf16/fp16 autocast on CUDA")
+    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (>= 0)")
+    run.add_argument("--device", default="auto", help="auto, cpu, mps, cuda or cuda:N")
+    run.add_argument("--limit", type=int, default=None, help="evaluate at most N images per split")
     run.add_argument("--seed", type=int, default=0, help="seed for --limit subsets")
     _add_probe_options(run)
     run.add_argument(
-        "--on-bad-image", default="error", choices=["error", "skip"],
+        "--on-bad-image", default="error", choices=choices("on_bad_image"),
         help="an undecodable image stops the run (naming it), or is left out and counted",
     )
     run.add_argument("--overwrite", action="store_true", help="recompute and replace existing records")
@@ -146,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evalbench probe --features feats.npz --backend torch --shots 4 --seeds 3 --json",
     )
     probe.add_argument("--features", type=Path, required=True, metavar="FILE.npz")
-    probe.add_argument("--backend", default="sklearn", choices=["sklearn", "torch"])
+    probe.add_argument("--backend", default="sklearn", choices=choices("probe_backend"))
     probe.add_argument("--normalize", action="store_true", help="L2-normalise features first")
     probe.add_argument("--shots", type=_positive_int, default=None, metavar="K", help="k-shot probe")
     probe.add_argument("--seeds", type=_positive_int, default=3)
@@ -167,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evalbench report --baseline demo-early --format html --output report.html",
     )
     report.add_argument("--results-dir", type=Path, default=Path("results"))
-    report.add_argument("--format", default="md", choices=["md", "csv", "latex", "html", "json"])
+    report.add_argument("--format", default="md", choices=FORMATS)
     report.add_argument("--output", type=Path, default=None, help="write here instead of standard output")
     report.add_argument("--baseline", default=None, metavar="NAME", help="model to compare every other model against")
     report.add_argument("--resamples", type=_positive_int, default=1000, help="paired bootstrap resamples")
@@ -177,30 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# RunConfig setting -> the flag that sets it, so a bad value is reported under the flag typed.
+RUN_FLAGS = {
+    "modes": "--mode", "results_dir": "--results-dir", "cache_dir": "--cache-dir", "batch_size": "--batch-size",
+    "workers": "--workers", "device": "--device", "limit": "--limit", "precision": "--precision",
+    "probe_backend": "--probe-backend", "probe_normalize": "--probe-normalize", "shots": "--shots",
+    "seeds": "--seeds", "use_cache": "--no-cache", "cache_dtype": "--cache-dtype", "on_bad_image": "--on-bad-image",
+    "overwrite": "--overwrite", "seed": "--seed", "progress": "--no-progress", "trust_remote_code": "--trust-remote-code",
+}
+
+
 def cmd_run(args) -> int:
     from evalbench import distributed
-    from evalbench.api import evaluate
-    from evalbench.config import RunConfig, default_cache_dir
-    from evalbench.records import MODES
+    from evalbench.api import run
+    from evalbench.config import default_cache_dir, make_config
     from evalbench.report import load_records, render
     from evalbench.tasks.loader import TaskRegistry
 
     registry = TaskRegistry(args.tasks_dir)
-    modes = tuple(_csv([args.mode]))
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise EvalbenchError(f"--mode: unknown mode '{unknown[0] if unknown else ''}' (use {', '.join(MODES)})")
     tasks = _csv(args.tasks)
     for suite in args.suite or []:
         tasks += registry.suite(suite).tasks
-    if not tasks:
-        tasks = registry.suite(DEFAULT_SUITE).tasks
-        log.info("no --tasks or --suite: running the '%s' suite", DEFAULT_SUITE)
-    models = args.model or DEFAULT_MODELS
-    if not args.model:
-        log.info("no --model: running the bundled checkpoints %s", ", ".join(DEFAULT_MODELS))
-    config = RunConfig(
-        modes=modes,
+    config = make_config(
+        RUN_FLAGS,
+        modes=tuple(_csv([args.mode])),
         results_dir=args.results_dir,
         cache_dir=args.cache_dir or default_cache_dir(),
         batch_size=args.batch_size,
@@ -210,7 +202,7 @@ def cmd_run(args) -> int:
         precision=args.precision,
         probe_backend=args.probe_backend,
         probe_normalize=args.probe_normalize,
-        shots=args.shots,
+        shots=args.shots or (),
         seeds=args.seeds,
         use_cache=not args.no_cache,
         cache_dtype=args.cache_dtype,
@@ -220,7 +212,13 @@ def cmd_run(args) -> int:
         progress=not args.no_progress and not args.quiet and os.environ.get("RANK", "0") == "0",
         trust_remote_code=args.trust_remote_code,
     )
-    paths = evaluate(models, tasks, config, registry)
+    if not tasks:
+        tasks = registry.suite(DEFAULT_SUITE).tasks
+        log.info("no --tasks or --suite: running the '%s' suite", DEFAULT_SUITE)
+    models = args.model or DEFAULT_MODELS
+    if not args.model:
+        log.info("no --model: running the bundled checkpoints %s", ", ".join(DEFAULT_MODELS))
+    paths = run(models, tasks, config, registry)
     if not distributed.is_main():
         return 0
     print(render(load_records(paths=paths), registry.suites(), "md"))
@@ -285,6 +283,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from evalbench.fileio import atomic_write_text
     from evalbench.report import CompareOptions, build_report, load_records, render_report
     from evalbench.report.plots import write_plots
     from evalbench.tasks.loader import TaskRegistry
@@ -296,8 +295,7 @@ def cmd_report(args) -> int:
         written = write_plots(report, args.plots)
         log.info("wrote %d plots to %s", len(written), args.plots)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
+        atomic_write_text(args.output, text)
         log.info("wrote %s", args.output)
     else:
         sys.stdout.write(text)

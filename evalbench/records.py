@@ -4,61 +4,138 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
+import logging
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from evalbench.errors import EvalbenchError
-
-SCHEMA_VERSION = 1
 from evalbench.config import MODES  # noqa: F401 - re-exported
+from evalbench.errors import EvalbenchError
+from evalbench.fileio import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+# 1: the first format. Readers accept every version up to this one.
+SCHEMA_VERSION = 1
+
+
+class _Open(BaseModel):
+    # Sections may carry more keys than the ones typed here (adapter metadata, a task's config):
+    # they are kept as they are, so an older reader does not drop what a newer writer added.
+    model_config = ConfigDict(extra="allow")
+
+
+class RecordModel(_Open):
+    """Which model produced the results: display name, the ``--model`` spec, weights fingerprint."""
+
+    name: str
+    spec: str
+    fingerprint: str | None = None
+
+
+class RecordTask(_Open):
+    """Which task: name, version, hash of its resolved YAML, main metric, ``--limit`` and the
+    resolved task config."""
+
+    name: str
+    version: str | None = None
+    hash: str
+    main_metric: str = "acc1"
+    limit: int | None = None
+    config: dict[str, Any] | None = None
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_str(cls, v):
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+class Record(BaseModel):
+    """One result record: one JSON file per (model, task), ``results`` keyed by mode
+    (``zeroshot``, ``linear_probe``, ``linear_probe@K``, ``retrieval``), each a mapping of
+    metric names to values plus ``main_score``. The one definition that the writer (api) and
+    every reader (report, resume, ``load_records``) use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
+    model: RecordModel
+    task: RecordTask
+    results: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The record as plain JSON-able data, exactly as written to disk."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_data(cls, data: Any, path: Path | str = "record") -> "Record":
+        """Validate parsed JSON (migrating older schema versions); EvalbenchError naming ``path``
+        and the first field at fault."""
+        if not isinstance(data, dict) or "schema_version" not in data:
+            raise EvalbenchError(f"{path}: schema_version: missing; not an evalbench record")
+        version = data["schema_version"]
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise EvalbenchError(f"{path}: schema_version: {version} is newer than this evalbench reads ({SCHEMA_VERSION})")
+        try:
+            return cls.model_validate(migrate(data))
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "(top)"
+            raise EvalbenchError(f"{path}: {field}: {err['msg']}") from None
+
+
+def migrate(data: dict) -> dict:
+    """Older records in the current layout. Version 1 is the current one, so nothing changes yet;
+    each later version adds one step here."""
+    return data
 
 
 def record_path(results_dir: Path, model_slug: str, task_name: str) -> Path:
     return Path(results_dir) / model_slug / f"{task_name}.json"
 
 
-def read_record(path: Path) -> dict | None:
-    """The record at ``path``, None if there is none; EvalbenchError if it is not a record."""
+def load_record(path: Path) -> Record | None:
+    """The record at ``path`` as a :class:`Record`, None if there is none; EvalbenchError if the
+    file is not a valid record."""
     try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EvalbenchError(f"{path}: not a valid result record ({e}); move it away or pass --overwrite") from None
-    if not isinstance(record, dict) or "schema_version" not in record:
-        raise EvalbenchError(f"{path}: schema_version: missing; not an evalbench record")
-    if record["schema_version"] > SCHEMA_VERSION:
-        raise EvalbenchError(
-            f"{path}: schema_version: {record['schema_version']} is newer than this evalbench reads ({SCHEMA_VERSION})"
-        )
-    return record
+    return Record.from_data(data, path)
 
 
-def write_record(path: Path, record: dict) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def read_record(path: Path) -> dict | None:
+    """:func:`load_record` as plain data (``record["results"]["zeroshot"]["acc1"]``)."""
+    record = load_record(path)
+    return None if record is None else record.to_dict()
 
 
-def iter_records(results_dir: Path):
-    """Every record under ``results_dir`` (``*/*.json``), in a stable order."""
+def write_record(path: Path, record: Record | dict) -> None:
+    """Validate ``record`` and write it as JSON atomically: readers never see half a file, and
+    an invalid record is never written."""
+    if not isinstance(record, Record):
+        record = Record.from_data(record, path)
+    atomic_write_json(path, record.to_dict())
+
+
+def iter_records(results_dir: Path, strict: bool = False):
+    """``(path, Record)`` for every record under ``results_dir`` (``*/*.json``), in a stable order.
+    A file that is not a valid record is logged as one warning line naming it and skipped
+    (raised as EvalbenchError when ``strict``)."""
     for path in sorted(Path(results_dir).glob("*/*.json")):
-        record = read_record(path)
+        try:
+            record = load_record(path)
+        except EvalbenchError as e:
+            if strict:
+                raise
+            log.warning("skipped %s", e)
+            continue
         if record is not None:
             yield path, record
 

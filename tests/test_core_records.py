@@ -241,19 +241,41 @@ def test_results_folder_holds_only_records(tmp_path, capsys, folder_task, tiny_a
     assert files == ["tiny/colours.json"]
 
 
-def test_write_record_is_atomic_on_failure(tmp_path):
-    """A failed write keeps the old record whole and removes its temporary file."""
+def _valid_record(value: float) -> dict:
+    return {"schema_version": 1, "model": {"name": "m", "spec": "m"}, "task": {"name": "t", "hash": "h"},
+            "results": {"zeroshot": {"main_score": value}}}
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    """A write that fails half-way keeps the old file whole and removes its temporary file."""
+    from evalbench.fileio import atomic_write, atomic_write_text
+
+    path = tmp_path / "m" / "t.json"
+    atomic_write_text(path, "old")
+
+    def write_half(f):
+        f.write("new, but half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, write_half)
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["t.json"]
+
+
+def test_invalid_record_is_never_written(tmp_path):
+    """write_record validates against the Record model: a record lacking a field is an error
+    naming the path and the field, and the old record stays."""
+    from evalbench.errors import EvalbenchError
     from evalbench.records import read_record, write_record
 
     path = tmp_path / "m" / "t.json"
-    write_record(path, {"schema_version": 1, "value": 1})
-
-    class Unserialisable:
-        pass
-
-    with pytest.raises(TypeError):
-        write_record(path, {"schema_version": 1, "value": Unserialisable()})
-    assert read_record(path) == {"schema_version": 1, "value": 1}
+    write_record(path, _valid_record(0.5))
+    broken = _valid_record(0.7)
+    del broken["task"]["hash"]
+    with pytest.raises(EvalbenchError, match=r"t\.json: task\.hash: Field required"):
+        write_record(path, broken)
+    assert read_record(path)["results"]["zeroshot"]["main_score"] == 0.5
     assert sorted(p.name for p in path.parent.iterdir()) == ["t.json"]
 
 

@@ -185,13 +185,27 @@ def test_missing_results_folder_is_one_error_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "absent" in err and "Traceback" not in err
 
 
-def test_newer_schema_is_refused(setup, capsys):
+def test_invalid_records_are_named_and_skipped(setup, capsys):
+    """A record from a newer evalbench, or one missing a field, is named (path and field) in one
+    warning line and left out of the report; the other records are still reported."""
     results, tasks = setup
-    path = results / "m1" / "alpha.json"
-    record = json.loads(path.read_text())
+    newer = results / "m1" / "alpha.json"
+    record = json.loads(newer.read_text())
     record["schema_version"] = 999
-    path.write_text(json.dumps(record))
+    newer.write_text(json.dumps(record))
+    broken = results / "m2" / "alpha.json"
+    record = json.loads(broken.read_text())
+    del record["model"]["spec"]
+    broken.write_text(json.dumps(record))
     capsys.readouterr()
-    assert main(["report", "--results-dir", str(results), "--tasks-dir", str(tasks)]) == 2
-    err = capsys.readouterr().err
-    assert str(path) in err and "schema_version" in err
+    assert main(["report", "--results-dir", str(results), "--tasks-dir", str(tasks), "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert f"{newer}: schema_version: 999 is newer" in err
+    assert f"{broken}: model.spec: Field required" in err
+    assert "Traceback" not in err
+    rows = pd.read_csv(io.StringIO(out))
+    kept = set(zip(rows["model"], rows["task"]))
+    assert ("m1", "alpha") not in kept and ("m2", "alpha") not in kept
+    assert ("m1", "beta") in kept
+
+

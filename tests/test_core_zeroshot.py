@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from conftest import CLASSES
 from threadpoolctl import threadpool_limits
 
-from evalbench.api import RunConfig, evaluate
+from evalbench.api import RunConfig, run
 from evalbench.tasks.loader import TaskRegistry
 
 TEMPLATES = ["a photo of {c}.", "a {c} square."]  # what conftest.write_task puts in every task
@@ -105,7 +105,7 @@ def run_capturing(mp, models, tasks, registry, results_dir, cache_dir):
     config = RunConfig(results_dir=results_dir, cache_dir=cache_dir, progress=False, device="cpu")
     try:
         with threadpool_limits(1):  # tiny lbfgs fits: BLAS threads only contend on small machines
-            paths = evaluate(models, tasks, config, registry)
+            paths = run(models, tasks, config, registry)
     finally:
         mp.undo()
     assert len(captured) == len(tasks), "zero-shot scores were not captured once per task"

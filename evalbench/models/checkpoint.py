@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -14,16 +14,36 @@ import torch
 from filelock import FileLock
 
 from evalbench.errors import EvalbenchError
+from evalbench.fileio import atomic_write_json
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
+# Where file_digest remembers digests across processes: the run's cache folder, None under
+# --no-cache (then nothing is written), or the default cache when unset (direct library calls).
+_DIGEST_MEMO_DIR: contextvars.ContextVar[Path | None | str] = contextvars.ContextVar("digest_memo_dir", default="default")
+
+
+@contextlib.contextmanager
+def digest_memo(cache_dir: Path | None):
+    """Within this block, :func:`file_digest` remembers digests in ``<cache_dir>/digests.json``,
+    or only in memory when ``cache_dir`` is None."""
+    token = _DIGEST_MEMO_DIR.set(cache_dir)
+    try:
+        yield
+    finally:
+        _DIGEST_MEMO_DIR.reset(token)
+
+
 def file_digest(path: Path) -> str:
     """sha256 prefix of a file's bytes; remembered per (path, size, mtime, inode) within a process
-    and on disk in ``<cache>/digests.json``, so reruns do not hash large checkpoints again."""
+    and on disk in the cache's ``digests.json`` (see :func:`digest_memo`), so reruns do not hash
+    large checkpoints again."""
     st = Path(path).stat()
     key = f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
     memo = _memo_path()
+    if memo is None:
+        return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
     try:
         known = json.loads(memo.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -39,18 +59,19 @@ def file_digest(path: Path) -> str:
             except (OSError, ValueError):
                 known = {}
             known[key] = digest
-            tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(known), encoding="utf-8")
-            os.replace(tmp, memo)
+            atomic_write_json(memo, known, indent=None)
     except OSError:  # a read-only cache only costs the hash next time
         pass
     return digest
 
 
-def _memo_path() -> Path:
-    from evalbench.config import default_cache_dir
+def _memo_path() -> Path | None:
+    folder = _DIGEST_MEMO_DIR.get()
+    if folder == "default":
+        from evalbench.config import default_cache_dir
 
-    return default_cache_dir() / "digests.json"
+        folder = default_cache_dir()
+    return None if folder is None else Path(folder) / "digests.json"
 
 
 @functools.lru_cache(maxsize=64)

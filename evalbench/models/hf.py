@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from evalbench.errors import EvalbenchError
+from evalbench.hub import hub_offline, is_offline_error
 from evalbench.models.base import ModelSpec
 from evalbench.models.checkpoint import file_digest, load_into, read_state_dict
 
@@ -84,10 +85,6 @@ def _hub_revision(repo_id: str) -> str | None:
     return Path(found).parent.name if isinstance(found, str) else None
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _not_cached_message(source: str) -> str:
@@ -107,7 +104,7 @@ def fingerprint(spec: ModelSpec) -> str:
         base = _folder_digest(Path(target.source))
     else:
         revision = _hub_revision(target.source)
-        if revision is None and _offline():
+        if revision is None and hub_offline():
             raise EvalbenchError(_not_cached_message(target.source))
         # Not cached but online: the revision is not known before download; the id stands for it.
         base = f"{target.source}@{revision or 'latest'}"
@@ -115,13 +112,6 @@ def fingerprint(spec: ModelSpec) -> str:
     return hashlib.sha256(f"hf:{base}:{extra}".encode()).hexdigest()[:16]
 
 
-def _is_offline_error(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if type(seen).__name__ in {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectionError"}:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _from_pretrained(what: str, load, source: str):
@@ -131,7 +121,7 @@ def _from_pretrained(what: str, load, source: str):
     except EvalbenchError:
         raise
     except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError for user mistakes
-        if _is_offline_error(e):
+        if is_offline_error(e):
             raise EvalbenchError(_not_cached_message(source)) from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if "trust_remote_code" in str(e):

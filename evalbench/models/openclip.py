@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from evalbench.errors import EvalbenchError
+from evalbench.hub import is_offline_error
 from evalbench.models.base import ModelSpec
 from evalbench.models.checkpoint import CHECKPOINT_SUFFIXES, file_digest, load_into, read_state_dict, skip_init
 
@@ -39,14 +40,6 @@ def _is_path(weights: str) -> bool:
     return weights.endswith(CHECKPOINT_SUFFIXES) or "/" in weights or Path(weights).exists()
 
 
-def _offline_cause(exc: BaseException) -> bool:
-    seen = exc
-    while seen is not None:
-        name = type(seen).__name__
-        if name in {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectionError", "MaxRetryError"}:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _config_file(arch: str) -> Path | None:
@@ -127,7 +120,7 @@ class OpenClipAdapter:
             try:
                 model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights)
             except Exception as e:  # noqa: BLE001
-                if _offline_cause(e):
+                if is_offline_error(e):
                     raise EvalbenchError(
                         f"--model: {spec.target}: weights are not in the local cache and the hub cannot be reached "
                         "(offline). Run once with network access, unset HF_HUB_OFFLINE, or pass ARCH@/path/to/weights."

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from evalbench.errors import EvalbenchError
-from evalbench.records import iter_records, read_record
+from evalbench.records import Record, iter_records, load_record
 from evalbench.report.compare import CompareOptions, baseline_deltas
 from evalbench.report.tables import long_table, main_score_tables, rank_table
 from evalbench.tasks.loader import SuiteSpec
@@ -37,18 +37,24 @@ class Report:
         return sorted(set(self.long["task"]))
 
 
-def load_records(results_dir: Path | None = None, paths: list[Path] | None = None) -> list[dict]:
-    """Records from ``paths``, or every record under ``results_dir``; EvalbenchError if the
-    folder does not exist or a file is not a record."""
+def load_records(results_dir: Path | str | None = None, paths: list[Path] | None = None) -> list[Record]:
+    """Records from ``paths`` (each must be a valid record), or every record under
+    ``results_dir`` (a file that is not a valid record is named in a warning and skipped).
+    EvalbenchError if the folder does not exist."""
     if paths is not None:
-        return [r for r in (read_record(p) for p in paths) if r is not None]
-    if not Path(results_dir).is_dir():
+        return [r for r in (load_record(p) for p in paths) if r is not None]
+    if results_dir is None or not Path(results_dir).is_dir():
         raise EvalbenchError(f"--results-dir: folder not found: {results_dir}")
     return [r for _, r in iter_records(results_dir)]
 
 
+def as_dicts(records: list[Record | dict]) -> list[dict]:
+    """Records as plain data, each validated by :class:`Record` (dicts built by hand included)."""
+    return [(r if isinstance(r, Record) else Record.from_data(r)).to_dict() for r in records]
+
+
 def build_report(
-    records: list[dict],
+    records: list[Record | dict],
     suites: dict[str, SuiteSpec],
     baseline: str | None = None,
     options: CompareOptions | None = None,
@@ -56,6 +62,7 @@ def build_report(
     """Everything a report shows. Raises EvalbenchError for an unknown ``baseline`` or records
     of one task whose per-sample predictions differ in length."""
     options = options or CompareOptions()
+    records = as_dicts(records)
     long = long_table(records)
     scores = main_score_tables(long, suites, baseline)
     main_metric: dict[str, str] = {}

@@ -10,11 +10,9 @@ import pandas as pd
 from evalbench.errors import EvalbenchError
 from evalbench.report.build import Report, build_report
 from evalbench.report.compare import CompareOptions
+from evalbench.report.formats import renderer
 from evalbench.report.tables import mode_label, mode_order, task_columns
 from evalbench.tasks.loader import SuiteSpec
-
-FORMATS = ("md", "csv", "latex", "html", "json")
-
 
 def _num(value, fmt: str) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
@@ -198,25 +196,25 @@ def report_dict(report: Report) -> dict:
     }
 
 
+def render_json(report: Report) -> str:
+    return json.dumps(report_dict(report), indent=2) + "\n"
+
+
+def render_md_or_empty(report: Report) -> str:
+    return "No results.\n" if report.long.empty else render_md(report)
+
+
+def render_latex_or_empty(report: Report) -> str:
+    return "No results.\n" if report.long.empty else render_latex(report)
+
+
 def render_report(report: Report, fmt: str = "md") -> str:
     """A built Report as text in ``fmt`` (see :func:`render`); EvalbenchError for an unknown format."""
-    if fmt not in FORMATS:
-        raise EvalbenchError(f"--format: unknown format '{fmt}' (use {', '.join(FORMATS)})")
-    if fmt == "csv":
-        return render_csv(report)
-    if fmt == "json":
-        return json.dumps(report_dict(report), indent=2) + "\n"
-    if fmt == "html":
-        from evalbench.report.html import render_html
-
-        return render_html(report)
-    if report.long.empty:
-        return "No results.\n"
-    return render_md(report) if fmt == "md" else render_latex(report)
+    return renderer(fmt)(report)
 
 
 def render(
-    records: list[dict],
+    records: list,
     suites: dict[str, SuiteSpec],
     fmt: str = "md",
     baseline: str | None = None,
@@ -227,6 +225,5 @@ def render(
     (fractions) plus derived rows; ``json``: every table as data; ``html``: one self-contained
     page with sortable tables and plots. Raises EvalbenchError for an unknown format or baseline,
     or records of one task whose per-sample predictions differ in length."""
-    if fmt not in FORMATS:
-        raise EvalbenchError(f"--format: unknown format '{fmt}' (use {', '.join(FORMATS)})")
+    renderer(fmt)  # an unknown format fails before the records are read
     return render_report(build_report(records, suites, baseline, options), fmt)

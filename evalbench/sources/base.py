@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 from torch.utils.data import Dataset
+
+from evalbench.errors import EvalbenchError
 
 
 class SourceConfig(BaseModel):
@@ -79,9 +82,34 @@ SOURCES: dict[str, str] = {
     "generated": "evalbench.sources.generated:GeneratedSource",
     "captionfolder": "evalbench.sources.captionfolder:CaptionFolderSource",
 }
+# Installed packages add source kinds under this entry-point group: ``KIND = pkg.module:Class``,
+# a class like the built-in ones (a pydantic ``Config`` deriving from SourceConfig, ``load_split``,
+# ``fingerprint``, ``classnames``, ``templates``). A task then says ``dataset: {source: KIND}``.
+# Built-in kinds win over plugins of the same name.
+ENTRY_POINT_GROUP = "evalbench.sources"
+
+
+def _plugins() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in SOURCES}
+
+
+def source_kinds() -> list[str]:
+    """Every source kind a task may name: the built-in ones and those of installed plugins."""
+    return sorted({*SOURCES, *_plugins()})
 
 
 def source_class(kind: str) -> type[Source]:
-    """The class registered for ``kind``; KeyError if none is."""
-    module_name, _, attr = SOURCES[kind].partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    """The class registered for ``kind``; KeyError if none is, EvalbenchError for a plugin that
+    fails to load or lacks a Config."""
+    if kind in SOURCES:
+        module_name, _, attr = SOURCES[kind].partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+    ep = _plugins()[kind]
+    try:
+        cls = ep.load()
+    except Exception as e:  # noqa: BLE001 - a broken plugin is named, not a traceback
+        raise EvalbenchError(f"dataset.source: plugin '{kind}' ({ep.value}) failed to load: {type(e).__name__}: {e}") from e
+    config = getattr(cls, "Config", None)
+    if not (isinstance(config, type) and issubclass(config, SourceConfig) and callable(getattr(cls, "load_split", None))):
+        raise EvalbenchError(f"dataset.source: plugin '{kind}' ({ep.value}) lacks a SourceConfig Config or load_split")
+    return cls

@@ -12,6 +12,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from evalbench.errors import EvalbenchError
+from evalbench.hub import is_offline_error
 from evalbench.sources.base import SourceConfig, SplitData, data_fingerprint
 
 
@@ -38,9 +39,6 @@ class HFImages(Dataset):
         return self.table[i][self.image_column].convert("RGB"), self.labels[i]
 
 
-def _network_hint(e: Exception) -> bool:
-    text = f"{type(e).__name__} {e}"
-    return any(s in text for s in ("Offline", "offline", "ConnectionError", "Couldn't reach", "LocalEntryNotFound"))
 
 
 class HFSource:
@@ -80,7 +78,7 @@ class HFSource:
                 raise EvalbenchError(f"splits: dataset {cfg.path} has no split '{split}' ({e})") from None
             raise
         except Exception as e:  # noqa: BLE001
-            if _network_hint(e):
+            if is_offline_error(e):
                 raise EvalbenchError(
                     f"dataset.path: {cfg.path} is not in the local Hugging Face cache and the hub cannot be "
                     "reached (offline). Run once with network access, or point dataset.path to a local copy."

@@ -116,17 +116,20 @@ def _pydantic_problems(path: Path, err: ValidationError, prefix: str = "") -> li
 
 def validate_dataset(path: Path, dataset: Any) -> list[str]:
     """Problems in the ``dataset:`` mapping, checked against its source's Config."""
-    from evalbench.sources.base import SOURCES, source_class
+    from evalbench.sources.base import source_class, source_kinds
 
     if not isinstance(dataset, dict):
         return [f"{path}: dataset: expected a mapping"]
     kind = dataset.get("source")
-    if not isinstance(kind, str) or kind not in SOURCES:
-        return [f"{path}: dataset.source: unknown source {kind!r} (known: {', '.join(sorted(SOURCES))})"]
+    kinds = source_kinds()
+    if not isinstance(kind, str) or kind not in kinds:
+        return [f"{path}: dataset.source: unknown source {kind!r} (known: {', '.join(kinds)})"]
     try:
         source_class(kind).Config.model_validate(dataset)
     except ValidationError as e:
         return _pydantic_problems(path, e, "dataset.")
+    except EvalbenchError as e:
+        return [f"{path}: {e}"]
     return []
 
 
