@@ -241,6 +241,12 @@ def cmd_tasks(args) -> int:
             task = registry.get(name)
             note = f"  [unavailable: {task.spec.unavailable}]" if task.spec.unavailable else ""
             print(f"{name:<{width}}  v{task.spec.version:<4} {task.spec.description}{note}")
+        if args.pattern is None:  # the place docs/errors.md sends a user after "unknown suite"
+            suites = registry.suites()
+            width = max(map(len, suites), default=0)
+            print("\nsuites (evalbench run --suite NAME):")
+            for suite in suites.values():
+                print(f"  {suite.name:<{width}}  {len(suite.tasks):>3} tasks  {suite.description}")
         return 0
     if args.tasks_command == "show":
         task = TaskRegistry(args.tasks_dir).get(args.name)

@@ -277,7 +277,9 @@ class GeneratedSource:
         self.generator = GENERATORS[config.generator]
         blob = json.dumps({"config": config.model_dump(), "version": self.generator.version}, sort_keys=True)
         self.key = f"{config.generator}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-        self.root = Path(cache_dir) / "generated" / self.key
+        # Absolute: the image folder below resolves a relative path against the task's folder,
+        # not the working directory that a relative --cache-dir means.
+        self.root = Path(cache_dir).absolute() / "generated" / self.key
         if not self.root.is_dir():
             self._materialise(self.generator.make)
         self._folder = ImageFolderSource(ImageFolderConfig(source="imagefolder", path=str(self.root)), task_dir, cache_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import importlib.resources
 import json
 import re
 from dataclasses import dataclass
@@ -16,7 +17,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from evalbench.errors import EvalbenchError
 from evalbench.tasks.spec import TaskSpec
 
-BUILTIN_TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+
+def builtin_tasks_dir() -> Path:
+    """The folder of built-in task files and ``suites/``, wherever evalbench was installed from.
+
+    A built wheel carries them as ``evalbench/builtin_tasks/`` (pyproject.toml maps the
+    repository's top-level ``tasks/`` folder there at build time, so there is one copy to edit).
+    A source checkout, run as ``python -m evalbench`` or installed editable (``pip install -e``),
+    has no such folder and reads ``tasks/`` next to the package. The returned folder may be missing
+    only in a broken install; :class:`TaskRegistry` reports that.
+    """
+    packaged = importlib.resources.files("evalbench") / "builtin_tasks"
+    # evalbench is a regular package, so on any pip install (never zipped) this is a real Path.
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged.resolve()
+    return Path(__file__).resolve().parents[2] / "tasks"
+
+
+BUILTIN_TASKS_DIR = builtin_tasks_dir()
 
 
 class TaskFileError(EvalbenchError):
@@ -161,12 +179,15 @@ def is_task_file(path: Path) -> bool:
 
 
 class TaskRegistry:
-    """Task files found under the built-in ``tasks/`` folder and any extra folders.
+    """Task files found under the built-in tasks folder (:func:`builtin_tasks_dir`) and any extra folders.
 
     A name given to :meth:`get` may also be the path of a ``.yaml`` file.
     """
 
     def __init__(self, extra_dirs: list[str | Path] = (), builtin: bool = True):
+        if builtin and not BUILTIN_TASKS_DIR.is_dir():
+            # Without this, a wheel built without its task data would list no tasks, silently.
+            raise EvalbenchError(f"built-in tasks not found at {BUILTIN_TASKS_DIR}: reinstall evalbench")
         self.dirs = ([BUILTIN_TASKS_DIR] if builtin else []) + [Path(d).resolve() for d in extra_dirs]
         for d in self.dirs[1 if builtin else 0 :]:
             if not d.is_dir():
