@@ -172,3 +172,10 @@ def test_negative_tolerance_is_one_error_line(results, capsys):
     assert main(["report", "--results-dir", str(results), "--published-tolerance", "-1"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "--published-tolerance" in err and "Traceback" not in err
+
+
+def test_latex_published_table_is_escaped(results, capsys):
+    text = run_report(capsys, results, "--published", "--format", "latex")
+    table = text[text.index("published figures"):]
+    line = next(x for x in table.splitlines() if "flickr30k" in x)
+    assert "mean\\_recall@1" in line and "68.84" in line and "-2.00 !" in line

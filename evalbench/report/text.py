@@ -127,7 +127,7 @@ def render_latex(report: Report) -> str:
             cells = delta_cells(report, mode, mark="$^{*}$")
             parts.append(_latex(cells, f"{label}: {significance_legend(report)}"))
     if report.published is not None and not report.published.empty:
-        cells = published_cells(report.published).set_index("model")
+        cells = published_cells(report.published).set_index("model").map(_latex_escape)  # mean_recall@1
         parts.append(_latex(cells, f"published figures (%): {published_legend(report.published_tolerance)}"))
     return "\n".join(parts)
 
