@@ -280,11 +280,14 @@ def report(
     records: list | None = None,
     resamples: int = 1000,
     seed: int = 0,
+    published: bool = False,
+    published_tolerance: float | None = None,
 ) -> str:
     """The report of every record under ``results_dir`` (or of ``records``) as text in
-    ``format`` (md, csv, latex, json, html), with deltas against ``baseline`` when given; also
-    written atomically to ``output`` when given. Raises EvalbenchError for an unknown format or
-    baseline."""
+    ``format`` (md, csv, latex, json, html), with deltas against ``baseline`` when given, and
+    open_clip's published figures beside each ``ARCH@TAG`` record with ``published`` (differences
+    past ``published_tolerance`` points flagged, default 0.5); also written atomically to
+    ``output`` when given. Raises EvalbenchError for an unknown format or baseline."""
     from evalbench.fileio import atomic_write_text
     from evalbench.report import CompareOptions, build_report, render_report
     from evalbench.report.formats import renderer
@@ -293,7 +296,12 @@ def report(
     dirs = [tasks_dir] if isinstance(tasks_dir, (str, Path)) else list(tasks_dir)
     if records is None:
         records = load_records(results_dir)
-    built = build_report(records, TaskRegistry(dirs).suites(), baseline, CompareOptions(resamples=resamples, seed=seed))
+    if published and published_tolerance is None:
+        from evalbench.report.published import DEFAULT_TOLERANCE
+
+        published_tolerance = DEFAULT_TOLERANCE
+    built = build_report(records, TaskRegistry(dirs).suites(), baseline, CompareOptions(resamples=resamples, seed=seed),
+                         published_tolerance)
     text = render_report(built, format)
     if output is not None:
         atomic_write_text(Path(output), text)

@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--resamples", type=_positive_int, default=1000, help="paired bootstrap resamples")
     report.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     report.add_argument("--plots", type=Path, default=None, metavar="DIR", help="also write the plots as PNG files here")
+    report.add_argument("--published", action="store_true",
+                        help="beside every open_clip ARCH@TAG record, its published zero-shot figure and ours minus it")
+    report.add_argument("--published-tolerance", type=float, default=None, metavar="POINTS",
+                        help="flag differences from the published figure larger than this (default 0.5; implies --published)")
     _add_tasks_dir(report)
     return parser
 
@@ -292,10 +296,15 @@ def cmd_report(args) -> int:
     from evalbench.fileio import atomic_write_text
     from evalbench.report import CompareOptions, build_report, load_records, render_report
     from evalbench.report.plots import write_plots
+    from evalbench.report.published import DEFAULT_TOLERANCE
     from evalbench.tasks.loader import TaskRegistry
 
     options = CompareOptions(resamples=args.resamples, seed=args.seed)
-    report = build_report(load_records(args.results_dir), TaskRegistry(args.tasks_dir).suites(), args.baseline, options)
+    tolerance = args.published_tolerance
+    if args.published and tolerance is None:
+        tolerance = DEFAULT_TOLERANCE
+    report = build_report(load_records(args.results_dir), TaskRegistry(args.tasks_dir).suites(), args.baseline, options,
+                          published_tolerance=tolerance)
     text = render_report(report, args.format)
     if args.plots:
         written = write_plots(report, args.plots)

@@ -10,6 +10,7 @@ import pandas as pd
 from evalbench.errors import EvalbenchError
 from evalbench.records import Record, iter_records, load_record
 from evalbench.report.compare import CompareOptions, baseline_deltas
+from evalbench.report.published import check_tolerance, published_table
 from evalbench.report.tables import long_table, main_score_tables, rank_table
 from evalbench.tasks.loader import SuiteSpec
 
@@ -18,7 +19,10 @@ from evalbench.tasks.loader import SuiteSpec
 class Report:
     """``long``: every scalar metric, one row per (model, task, mode, metric), fractions.
     ``scores``/``ranks``: per mode, models x tasks (+ suite aggregates). ``deltas``: one row per
-    (mode, task, model) against ``baseline`` (None without one). ``main_metric``: per task."""
+    (mode, task, model) against ``baseline`` (None without one). ``main_metric``: per task.
+    ``published``: open_clip's published figures beside the records of its checkpoints (see
+    :func:`evalbench.report.published.published_table`; None unless asked for), flagged past
+    ``published_tolerance`` points."""
 
     long: pd.DataFrame
     scores: dict[str, pd.DataFrame]
@@ -27,6 +31,8 @@ class Report:
     baseline: str | None = None
     deltas: pd.DataFrame | None = None
     options: CompareOptions = field(default_factory=CompareOptions)
+    published: pd.DataFrame | None = None
+    published_tolerance: float | None = None
 
     @property
     def models(self) -> list[str]:
@@ -58,9 +64,12 @@ def build_report(
     suites: dict[str, SuiteSpec],
     baseline: str | None = None,
     options: CompareOptions | None = None,
+    published_tolerance: float | None = None,
 ) -> Report:
-    """Everything a report shows. Raises EvalbenchError for an unknown ``baseline`` or records
-    of one task whose per-sample predictions differ in length."""
+    """Everything a report shows; with ``published_tolerance`` (points), also the published
+    figures of open_clip checkpoints, differences past it flagged. Raises EvalbenchError for an
+    unknown ``baseline``, a negative tolerance, or records of one task whose per-sample
+    predictions differ in length."""
     options = options or CompareOptions()
     records = as_dicts(records)
     long = long_table(records)
@@ -68,6 +77,10 @@ def build_report(
     main_metric: dict[str, str] = {}
     for r in records:
         main_metric.setdefault(r["task"]["name"], r["task"].get("main_metric", "acc1"))
+    published = None
+    if published_tolerance is not None:
+        published_tolerance = check_tolerance(published_tolerance)
+        published = published_table(records, published_tolerance)
     return Report(
         long=long,
         scores=scores,
@@ -76,4 +89,6 @@ def build_report(
         baseline=baseline,
         deltas=baseline_deltas(records, baseline, options) if baseline else None,
         options=options,
+        published=published,
+        published_tolerance=published_tolerance,
     )

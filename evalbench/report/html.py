@@ -18,6 +18,7 @@ import pandas as pd
 import evalbench
 from evalbench.report.build import Report
 from evalbench.report.plots import INSTALL_HINT, have_matplotlib, report_plots
+from evalbench.report.published import delta_points, published_legend, published_notes
 from evalbench.report.tables import mode_label, task_columns
 from evalbench.report.text import delta_notes, delta_text, is_significant, significance_legend
 
@@ -40,6 +41,7 @@ tr.baseline th{font-style:italic}
 td.pos.sig{background:#a9dcae}td.pos{background:#e7f5e8}
 td.neg.sig{background:#f2a7a7}td.neg{background:#fbe9e9}
 td.zero{background:#f3f3f3}
+td.flag{background:#fde2b5;font-weight:700}
 .swatch{display:inline-block;padding:0 .5em;margin-right:.4em}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#555;font-size:.9em}
@@ -180,6 +182,28 @@ def _delta_table(report: Report, mode: str) -> str:
     return _table(f"deltas-{mode}", [(t, t, "") for t in tasks], rows)
 
 
+def _published_section(report: Report) -> str:
+    """Published figures beside ours: one row per (model, task); the delta cell has class
+    ``flag`` past the tolerance."""
+    table = report.published
+    if table.empty:
+        return ('<section id="published"><h2>Published figures</h2><p class="note">No record of an open_clip '
+                "ARCH@TAG checkpoint on a task of the published table.</p></section>")
+    columns = [(k, k, "") for k in ("task", "mode", "metric", "ours", "published", "delta")]
+    rows = []
+    for r in table.itertuples():
+        pct = ("" if v is None else f"{v * 100:.2f}" for v in (r.value, r.published))
+        cells = [f"<td>{_e(x)}</td>" for x in (r.task, r.mode, r.metric)]  # sorted as text
+        cells += [f'<td data-value="{_attr_value(v)}">{text}</td>' for v, text in zip((r.value, r.published), pct)]
+        cells.append(f'<td class="{"flag" if r.flagged else ""}" data-value="{_attr_value(r.delta)}" title="{_e(r.note)}">'
+                     f"{_e(delta_points(r.delta, r.flagged))}</td>")
+        rows.append((r.model, "", cells))
+    notes = "".join(f"<li>{_e(n)}</li>" for n in published_notes(table))
+    return (f'<section id="published"><h2>Published figures (%)</h2>'
+            f'<p class="legend">{_e(published_legend(report.published_tolerance))}.</p>'
+            f'{_table("published", columns, rows)}' + (f'<ul class="note">{notes}</ul>' if notes else "") + "</section>")
+
+
 LEGEND = ('<p class="legend"><span class="swatch" style="background:#a9dcae">better, significant</span>'
           '<span class="swatch" style="background:#e7f5e8">better</span>'
           '<span class="swatch" style="background:#fbe9e9">worse</span>'
@@ -216,6 +240,8 @@ def render_html(report: Report) -> str:
         if report.deltas is not None:
             notes = "".join(f"<li>{_e(n)}</li>" for n in delta_notes(report))
             sections += f'<p class="note">No interval:</p><ul class="note">{notes}</ul>' if notes else ""
+        if report.published is not None:
+            sections += _published_section(report)
         sections += f'<section id="plots"><h2>Plots</h2>{_plots_section(report)}</section>'
     meta = f"{len(report.models)} models, {len(report.tasks)} tasks"
     if report.baseline:

@@ -11,6 +11,9 @@ from evalbench.errors import EvalbenchError
 from evalbench.report.build import Report, build_report
 from evalbench.report.compare import CompareOptions
 from evalbench.report.formats import renderer
+from evalbench.report.published import (
+    published_cells, published_json, published_legend, published_long_rows, published_markdown,
+)
 from evalbench.report.tables import mode_label, mode_order, task_columns
 from evalbench.tasks.loader import SuiteSpec
 
@@ -90,6 +93,8 @@ def render_md(report: Report) -> str:
     if report.deltas is not None:
         notes = "".join(f"- {line}\n" for line in delta_notes(report))
         parts.append(f"{significance_legend(report)}.\n" + (f"\nNo interval:\n\n{notes}" if notes else ""))
+    if report.published is not None:
+        parts.append(published_markdown(report.published, report.published_tolerance))
     return "\n".join(parts)
 
 
@@ -119,6 +124,9 @@ def render_latex(report: Report) -> str:
         if report.deltas is not None and (report.deltas["mode"] == mode).any():
             cells = delta_cells(report, mode, mark="$^{*}$")
             parts.append(_latex(cells, f"{label}: {significance_legend(report)}"))
+    if report.published is not None and not report.published.empty:
+        cells = published_cells(report.published).set_index("model").map(_latex_escape)  # mean_recall@1
+        parts.append(_latex(cells, f"published figures (%): {published_legend(report.published_tolerance)}"))
     return "\n".join(parts)
 
 
@@ -159,8 +167,10 @@ def _delta_rows(report: Report) -> list[dict]:
 
 def render_csv(report: Report) -> str:
     """The long table (every metric, fractions), then derived rows: ``rank``, ``suite_mean``,
-    ``suite_mean_rank``, ``suite_won`` and, with a baseline, ``delta*`` rows."""
+    ``suite_mean_rank``, ``suite_won``, with a baseline ``delta*`` rows and, with published
+    figures, ``published`` and ``published_delta`` rows."""
     extra = _aggregate_rows(report) + (_delta_rows(report) if report.deltas is not None else [])
+    extra += published_long_rows(report.published) if report.published is not None else []
     return pd.concat([report.long, pd.DataFrame(extra, columns=report.long.columns)], ignore_index=True).to_csv(
         index=False
     )
@@ -193,6 +203,8 @@ def report_dict(report: Report) -> dict:
                        "resamples": o.resamples, "seed": o.seed, "alpha": o.alpha,
                        "significance": {"acc1": "exact McNemar", "mean_per_class_recall": "interval excludes 0"}},
         "modes": modes,
+        **({"published": published_json(report.published, report.published_tolerance)}
+           if report.published is not None else {}),
     }
 
 
@@ -219,11 +231,14 @@ def render(
     fmt: str = "md",
     baseline: str | None = None,
     options: CompareOptions | None = None,
+    published_tolerance: float | None = None,
 ) -> str:
     """The report as text. ``md``/``latex``: per mode, main scores (%), ranks and, with a
     ``baseline``, deltas in points with intervals; ``csv``: the long table of every metric
     (fractions) plus derived rows; ``json``: every table as data; ``html``: one self-contained
-    page with sortable tables and plots. Raises EvalbenchError for an unknown format or baseline,
-    or records of one task whose per-sample predictions differ in length."""
+    page with sortable tables and plots. With ``published_tolerance`` (points), every format also
+    shows open_clip's published figures beside its checkpoints' records. Raises EvalbenchError
+    for an unknown format or baseline, a negative tolerance, or records of one task whose
+    per-sample predictions differ in length."""
     renderer(fmt)  # an unknown format fails before the records are read
-    return render_report(build_report(records, suites, baseline, options), fmt)
+    return render_report(build_report(records, suites, baseline, options, published_tolerance), fmt)
