@@ -25,6 +25,39 @@ def test_map_11pt_hand_computed():
     assert map_11pt(y2, np.hstack([s, s])) == pytest.approx(expected)
 
 
+def test_map_11pt_top_ranked_negative_is_not_rewarded():
+    """VOC 2007 devkit definition: with a negative ranked first, no rank has precision 1, so the
+    t = 0 term is the best precision anywhere (2/3), not 1 (scikit-learn's curve ends with the
+    point recall 0, precision 1, which gave (1 + 6 * 2/3 + 4 * 3/5) / 11 = 0.6727 here)."""
+    # Ranked by score: neg, pos, pos, neg, pos. Given out of order, to check the ranking.
+    y = np.array([[1], [0], [1], [0], [1]])
+    s = np.array([[0.8], [0.9], [0.7], [0.6], [0.5]])
+    # rank:       1    2    3    4    5
+    # precision:  0/1  1/2  2/3  2/4  3/5
+    # recall:     0    1/3  2/3  2/3  1
+    # t = 0 ........ max over ranks 1-5 = 2/3   (1 level)
+    # t = 0.1..0.3 . max over ranks 2-5 = 2/3   (3 levels)
+    # t = 0.4..0.6 . max over ranks 3-5 = 2/3   (3 levels)
+    # t = 0.7..1.0 . rank 5 only       = 3/5   (4 levels)
+    expected = (7 * (2 / 3) + 4 * (3 / 5)) / 11  # = 106/165 = 0.64242...
+    assert map_11pt(y, s) == pytest.approx(106 / 165)
+    assert map_11pt(y, s) == pytest.approx(expected)
+    # Per class, then the mean: a second class ranked perfectly (AP 1) averages to (106/165 + 1) / 2.
+    y2 = np.hstack([y, y])
+    s2 = np.hstack([s, y.astype(float)])
+    assert map_11pt(y2, s2) == pytest.approx((106 / 165 + 1) / 2)
+
+
+def test_map_11pt_counts_a_recall_level_reached_exactly():
+    """10 positives: 3 on top, then 3 negatives, then 7 positives. Recall reaches exactly 0.3 at
+    rank 3 (precision 1), so t = 0.3 counts precision 1; ranks 7..13 have precision 4/7 .. 10/13,
+    increasing, so every t >= 0.4 gets 10/13."""
+    y = np.array([1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1])[:, None]
+    s = -np.arange(13, dtype=float)[:, None]  # already in rank order
+    expected = (4 * 1 + 7 * (10 / 13)) / 11  # t = 0, 0.1, 0.2, 0.3 -> 1; t = 0.4 .. 1.0 -> 10/13
+    assert map_11pt(y, s) == pytest.approx(expected)
+
+
 def test_single_label_metrics_against_sklearn():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 7, 300)
