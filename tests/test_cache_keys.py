@@ -126,7 +126,8 @@ def test_uncached_tag_offline_is_an_error_before_anything_runs(tiny_arch, hub_ca
 
     open_clip.add_model_config(tiny_arch)
     monkeypatch.setitem(pretrained._PRETRAINED, "tiny-clip", {TAG: pretrained._pcfg(hf_hub=f"{REPO}/")})
-    with pytest.raises(EvalbenchError, match=r"weights are not in the local cache and the hub cannot be reached \(offline\)"):
+    offline = r"weights are not in the local cache and the hub cannot be reached \(offline\)"
+    with pytest.raises(EvalbenchError, match=offline):
         model_fingerprint(parse_model_spec(f"tiny-clip@{TAG}"))
 
 

@@ -128,7 +128,9 @@ def _tag_weights(spec: ModelSpec, cfg: dict) -> str:
                 return f"{repo_id}/{candidate}:{found.content}"
         if offline():
             raise EvalbenchError(_offline_message(spec))
-        raise EvalbenchError(f"--model: {spec.target}: its weights file {repo_id}/{filename} cannot be found on the hub")
+        raise EvalbenchError(
+            f"--model: {spec.target}: its weights file {repo_id}/{filename} cannot be found on the hub"
+        )
     url = cfg.get("url", "")
     downloaded = Path("~/.cache/clip").expanduser() / os.path.basename(url)  # open_clip's download folder
     return f"{url}:{file_digest(downloaded)}" if url and downloaded.is_file() else url
