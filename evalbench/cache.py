@@ -7,9 +7,10 @@ the next run encodes only the missing ones. Text classifiers live in ``<cache>/t
 Probe results live in ``<cache>/probes/<key>.json``, keyed by a digest of the exact feature and
 label arrays plus every probe setting, so a rerun on unchanged features skips the C sweep.
 
-Keys hash everything the numbers depend on: the model fingerprint (weights, architecture and
-therefore preprocessing), the data fingerprint (source, revision, files), the split and rows,
-the precision and the stored dtype.
+Keys hash everything the numbers depend on: the model fingerprint (weights as resolved, hub
+commit or file content; architecture; preprocessing config), the version of the code that
+computes the embeddings (open_clip's, transformers'), the data fingerprint (source, revision,
+files), the split and rows, the precision and the stored dtype (see ``runners.feature_key``).
 """
 
 from __future__ import annotations

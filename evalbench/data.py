@@ -6,6 +6,7 @@ label names; bare integer labels are used only when the task says ``label_match:
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from evalbench.sources.base import Source, SplitData, source_class
 from evalbench.tasks.loader import Task
 from evalbench.tasks.spec import ValFraction
 
+log = logging.getLogger(__name__)
 
 DEFAULT_VAL = ValFraction(fraction=0.2, seed=0)
 
@@ -42,11 +44,15 @@ def label_mapping(task: Task, classnames: list[str], label_names: list[str] | No
     if spec.label_match == "index":
         count = len(label_names) if label_names is not None else n_labels
         if subset and count == len(subset):
-            return np.asarray(subset)
-        if count > len(classnames) or (label_names is not None and count != len(classnames)):
+            mapping = np.asarray(subset)
+        elif count > len(classnames) or (label_names is not None and count != len(classnames)):
             expected = f"{len(subset)} (the subset) or {len(classnames)}" if subset else str(len(classnames))
             raise EvalbenchError(f"{task.path}: classnames: the task has {expected} classes but the data has {count} labels")
-        return np.arange(max(count, 1))
+        else:
+            mapping = np.arange(max(count, 1))
+        if label_names is not None:
+            check_index_order(task, classnames, label_names, mapping)
+        return mapping
     if label_names is None:
         raise EvalbenchError(
             f"{task.path}: label_match: the data carries integer labels without names; "
@@ -80,6 +86,62 @@ def label_mapping(task: Task, classnames: list[str], label_names: list[str] | No
             f"{task.path}: {field}: '{ambiguous[0]}' names more than one class; give the data's own names in label_names"
         )
     return np.array([where[d][0] for d in data_names])
+
+
+def _name_forms(name: str) -> set[str]:
+    """The normalised forms a class name is known by: the whole name and its first
+    comma-separated synonym (ImageNet copies on the hub name class 0 "tench, Tinca tinca")."""
+    return {normalise_name(name), normalise_name(name.split(",")[0])}
+
+
+def check_index_order(task: Task, classnames: list[str], label_names: list[str], mapping: np.ndarray) -> None:
+    """For ``label_match: index`` data that ships its own class names: stop when they show the
+    labels are in another order than the task's classes.
+
+    Data label i names task class ``mapping[i]`` when one of its forms (whole name, first
+    synonym; case, underscores and spacing ignored) equals a form of that class's ``classnames``
+    or ``label_names`` entry. A name matching none of the task's classes says nothing (CLIP renamed
+    about 300 ImageNet classes: "Cardigan, Cardigan Welsh corgi" is its "Cardigan Welsh Corgi";
+    folders may be WordNet ids), so it is accepted. Label i is out of order when its name matches
+    not its own class but another class j whose own data label does not match j either (so
+    "Cardigan, Cardigan Welsh corgi" is no evidence against 264 while label 474 is "cardigan").
+    A shuffled order therefore fails at its first displaced label; raises EvalbenchError naming the
+    task file, the field, that label and both names.
+    """
+    spec = task.spec
+    field = "label_names" if spec.label_names else "classnames"
+    shown = spec.label_names or classnames
+    forms = [_name_forms(c) | (_name_forms(spec.label_names[k]) if spec.label_names else set())
+             for k, c in enumerate(classnames)]
+    owners: dict[str, set[int]] = {}
+    for k, known in enumerate(forms):
+        for form in known:
+            owners.setdefault(form, set()).add(k)
+    data_forms = [_name_forms(n) for n in label_names]
+    holder = {int(k): i for i, k in enumerate(mapping)}  # task class -> the data label said to be it
+
+    def names_class(i: int, k: int) -> bool:
+        return bool(data_forms[i] & forms[k])
+
+    def filled(k: int) -> bool:
+        return k in holder and names_class(holder[k], k)
+
+    matched_any = False
+    for i, k in enumerate(int(m) for m in mapping):
+        others = set().union(*(owners.get(f, set()) for f in data_forms[i]))
+        matched_any = matched_any or bool(others)
+        if k in others:
+            continue
+        elsewhere = sorted(j for j in others if not filled(j))
+        if elsewhere:
+            raise EvalbenchError(
+                f"{task.path}: {field}: label_match is index, but label {i} of the data is named "
+                f"'{label_names[i]}' while {field}[{k}] is '{shown[k]}' (the data's name is that of "
+                f"{field}[{elsewhere[0]}], '{shown[elsewhere[0]]}'): the data's labels are not in the order of {field}"
+            )
+    if not matched_any:
+        log.info("%s: the data's class names (%s, ...) match none of the task's; label order taken on trust "
+                 "(label_match: index)", task.name, label_names[0])
 
 
 def restrict_to_subset(task: Task, mapping: np.ndarray, subset: list[int]) -> np.ndarray:

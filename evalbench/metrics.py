@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, precision_recall_curve, roc_auc_score, top_k_accuracy_score
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score, top_k_accuracy_score
 
 
 def acc1(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -36,12 +36,25 @@ def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
 
 
 def average_precision_11pt(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """PASCAL VOC 2007's 11-point interpolated average precision of one class: the mean over
-    recall levels 0, 0.1, ..., 1 of the highest precision reached at that recall or above."""
-    if not np.any(y_true):
+    """PASCAL VOC 2007's 11-point interpolated average precision of one class, as its devkit
+    computes it (``VOCevalcls.m``): rank by descending score (ties in input order), take the
+    precision at every rank of that list, and average over recall levels t = 0, 0.1, ..., 1 the
+    highest precision at a recall of at least t (0 where no rank reaches t). NaN without positives.
+
+    Not scikit-learn's ``precision_recall_curve``: it appends the point (recall 0, precision 1),
+    which makes the t = 0 term 1 even when the top-ranked item is a negative.
+    """
+    positive = np.asarray(y_true) > 0
+    if not positive.any():
         return float("nan")
-    precision, recall, _ = precision_recall_curve(y_true, scores)
-    return float(np.mean([precision[recall >= t].max(initial=0.0) for t in np.linspace(0, 1, 11)]))
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    hits = np.cumsum(positive[order])
+    precision = hits / np.arange(1, len(hits) + 1)
+    recall = hits / hits[-1]
+    # k / 10 rather than np.linspace: 3 / 10 is the same double as a recall of 3/10 (0.3), while
+    # linspace's 0.30000000000000004 would skip the rank where recall reaches exactly 0.3.
+    levels = np.arange(11) / 10
+    return float(np.mean([precision[recall >= t].max(initial=0.0) for t in levels]))
 
 
 def map_11pt(y_true: np.ndarray, scores: np.ndarray) -> float:

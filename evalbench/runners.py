@@ -36,6 +36,30 @@ def _roles(task: Task, modes: list[str]) -> list[str]:
     return ["train", "val", "test"] if any(m.startswith("linear_probe") for m in modes) else ["test"]
 
 
+def model_key(model: LazyModel) -> dict:
+    """The model's part of every cache key: its weights (``fingerprint``: resolved hub commit or
+    file content, architecture, preprocessing config) and the code that computes its embeddings
+    (``code_version``: e.g. open_clip's version)."""
+    return {"model": model.fingerprint, "code": model.code_version}
+
+
+def feature_key(model: LazyModel, data_fingerprint: str, split: str, rows: np.ndarray, precision: str) -> dict:
+    """The feature-cache key of ``rows`` of a source split: everything the image features depend
+    on, the ``--precision`` included (amp features differ from fp32 ones)."""
+    return {
+        **model_key(model),
+        "data": data_fingerprint,
+        "split": split,
+        "rows": hashlib.sha256(rows.tobytes()).hexdigest()[:16],
+        "precision": precision,
+    }
+
+
+def classifier_key(model: LazyModel, classnames: list[str], templates: list[str], precision: str) -> dict:
+    """The text-classifier cache key: the model (weights and code), the prompts and the precision."""
+    return {**model_key(model), "classnames": classnames, "templates": templates, "precision": precision}
+
+
 def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> tuple[dict, dict]:
     """(features, labels) per role, and the number of undecodable images left out per role.
     Each source split is encoded once, or read from the cache."""
@@ -44,18 +68,16 @@ def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -
     for split_name, split in data.sources.items():
         views = {role: v for role, v in data.views.items() if v.source_split == split_name}
         rows = np.unique(np.concatenate([v.indices for v in views.values()]))
-        key = {
-            "model": model.fingerprint,
-            "data": data.fingerprint,
-            "split": split_name,
-            "rows": hashlib.sha256(rows.tobytes()).hexdigest()[:16],
-            "precision": config.precision,
-        }
-        entry = cache.features(key, {"model": model.spec.name, "task": task.name, "split": split_name})
+        meta = {"model": model.spec.name, "task": task.name, "split": split_name}
+        entry = cache.features(feature_key(model, data.fingerprint, split_name, rows, config.precision), meta)
         dataset = Rows(split, rows)
         if distributed.broadcast(entry is not None and entry.complete()):
             feats = entry.load(len(rows)) if distributed.is_main() else None
         else:
+            model.get()
+            # Keyed again once loaded: loading may resolve the weights anew (a hub commit just
+            # downloaded), and the features must be filed under what was actually loaded.
+            entry = cache.features(feature_key(model, data.fingerprint, split_name, rows, config.precision), meta)
             feats = extract_features(
                 model.get(),
                 dataset,
@@ -109,12 +131,14 @@ def _nan_free_rows(x: np.ndarray, chunk: int = 65536) -> np.ndarray | None:
 def _classifier(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> torch.Tensor:
     """The zero-shot text classifier, from the cache when the same prompts were encoded before."""
     cache = FeatureCache(config.cache_dir if config.use_cache else None)
-    key = {"model": model.fingerprint, "classnames": data.classnames, "templates": data.templates,
-           "precision": config.precision}
-    cached = cache.load_text(key)
+    cached = cache.load_text(classifier_key(model, data.classnames, data.templates, config.precision))
     if cached is not None:
         return torch.from_numpy(cached)
     adapter = model.get()
+    key = classifier_key(model, data.classnames, data.templates, config.precision)  # as loaded, see _features
+    cached = cache.load_text(key)
+    if cached is not None:
+        return torch.from_numpy(cached)
     with autocast(adapter.device, config.precision), torch.inference_mode():
         classifier = build_zeroshot_classifier(adapter, data.classnames, data.templates, progress=config.progress)
     classifier = classifier.float().cpu()
@@ -126,12 +150,15 @@ def _classifier(model: LazyModel, data: TaskData, config: RunConfig, task: Task)
 def _text_features(model: LazyModel, texts: list[str], config: RunConfig, task: Task) -> np.ndarray:
     """Caption embeddings, from the cache when the same captions were encoded before."""
     cache = FeatureCache(config.cache_dir if config.use_cache else None)
-    key = {"model": model.fingerprint, "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
-           "precision": config.precision}
-    cached = cache.load_text(key)
+    texts_digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    cached = cache.load_text({**model_key(model), "texts": texts_digest, "precision": config.precision})
     if cached is not None:
         return cached
     adapter = model.get()
+    key = {**model_key(model), "texts": texts_digest, "precision": config.precision}  # as loaded, see _features
+    cached = cache.load_text(key)
+    if cached is not None:
+        return cached
     with autocast(adapter.device, config.precision):
         feats = encode_texts(adapter, texts, progress=config.progress)
     cache.save_text(key, feats, {"model": model.spec.name, "task": task.name, "classes": len(texts)})

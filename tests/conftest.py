@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -138,3 +139,65 @@ def task_dir(tmp_path_factory, imagefolder_root, webdataset_root, hf_root) -> Pa
     write_task(folder, "colours-wds", {"source": "webdataset", "path": str(webdataset_root)})
     write_task(folder, "colours-hf", {"source": "hf", "path": str(hf_root)})
     return folder
+
+
+# A Hugging Face hub without the network: its cache folder, its answers, and counting recomputation.
+
+
+def hub_file(cache: Path, repo_id: str, filename: str, content: bytes, commit: str) -> Path:
+    """Put ``content`` into a Hugging Face cache folder as a download of ``filename`` at ``commit``
+    would (blob named by its sha256, linked from the snapshot), and point ``main`` at ``commit``."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    blob = repo / "blobs" / hashlib.sha256(content).hexdigest()
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(content)
+    link = repo / "snapshots" / commit / filename
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return link
+
+
+class FakeHub:
+    """``get_hf_file_metadata`` as the hub answers it online: commit and etag per file."""
+
+    def __init__(self, files: dict[tuple[str, str], tuple[str, str]]):
+        self.files, self.asked = files, []
+
+    def __call__(self, url, *args, **kwargs):
+        import huggingface_hub
+        from huggingface_hub.errors import EntryNotFoundError
+
+        self.asked.append(url)
+        for (repo, name), (commit, etag) in self.files.items():
+            if f"/{repo}/resolve/" in url and url.endswith(f"/{name}"):
+                return huggingface_hub.HfFileMetadata(commit_hash=commit, etag=etag, location=url, size=1,
+                                                      xet_file_data=None)
+        raise EntryNotFoundError(f"404: {url}")
+
+
+class Counts:
+    """How often the image features and the text classifier were computed."""
+
+    def __init__(self, monkeypatch):
+        import evalbench.runners as runners
+
+        self.features = self.classifiers = 0
+        extract, build = runners.extract_features, runners.build_zeroshot_classifier
+
+        def counted_extract(*args, **kwargs):
+            self.features += 1
+            return extract(*args, **kwargs)
+
+        def counted_build(*args, **kwargs):
+            self.classifiers += 1
+            return build(*args, **kwargs)
+
+        monkeypatch.setattr(runners, "extract_features", counted_extract)
+        monkeypatch.setattr(runners, "build_zeroshot_classifier", counted_build)
+
+    def take(self) -> tuple[int, int]:
+        out = (self.features, self.classifiers)
+        self.features = self.classifiers = 0
+        return out

@@ -25,6 +25,39 @@ def test_map_11pt_hand_computed():
     assert map_11pt(y2, np.hstack([s, s])) == pytest.approx(expected)
 
 
+def test_map_11pt_top_ranked_negative_is_not_rewarded():
+    """VOC 2007 devkit definition: with a negative ranked first, no rank has precision 1, so the
+    t = 0 term is the best precision anywhere (2/3), not 1 (scikit-learn's curve ends with the
+    point recall 0, precision 1, which gave (1 + 6 * 2/3 + 4 * 3/5) / 11 = 0.6727 here)."""
+    # Ranked by score: neg, pos, pos, neg, pos. Given out of order, to check the ranking.
+    y = np.array([[1], [0], [1], [0], [1]])
+    s = np.array([[0.8], [0.9], [0.7], [0.6], [0.5]])
+    # rank:       1    2    3    4    5
+    # precision:  0/1  1/2  2/3  2/4  3/5
+    # recall:     0    1/3  2/3  2/3  1
+    # t = 0 ........ max over ranks 1-5 = 2/3   (1 level)
+    # t = 0.1..0.3 . max over ranks 2-5 = 2/3   (3 levels)
+    # t = 0.4..0.6 . max over ranks 3-5 = 2/3   (3 levels)
+    # t = 0.7..1.0 . rank 5 only       = 3/5   (4 levels)
+    expected = (7 * (2 / 3) + 4 * (3 / 5)) / 11  # = 106/165 = 0.64242...
+    assert map_11pt(y, s) == pytest.approx(106 / 165)
+    assert map_11pt(y, s) == pytest.approx(expected)
+    # Per class, then the mean: a second class ranked perfectly (AP 1) averages to (106/165 + 1) / 2.
+    y2 = np.hstack([y, y])
+    s2 = np.hstack([s, y.astype(float)])
+    assert map_11pt(y2, s2) == pytest.approx((106 / 165 + 1) / 2)
+
+
+def test_map_11pt_counts_a_recall_level_reached_exactly():
+    """10 positives: 3 on top, then 3 negatives, then 7 positives. Recall reaches exactly 0.3 at
+    rank 3 (precision 1), so t = 0.3 counts precision 1; ranks 7..13 have precision 4/7 .. 10/13,
+    increasing, so every t >= 0.4 gets 10/13."""
+    y = np.array([1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1])[:, None]
+    s = -np.arange(13, dtype=float)[:, None]  # already in rank order
+    expected = (4 * 1 + 7 * (10 / 13)) / 11  # t = 0, 0.1, 0.2, 0.3 -> 1; t = 0.4 .. 1.0 -> 10/13
+    assert map_11pt(y, s) == pytest.approx(expected)
+
+
 def test_single_label_metrics_against_sklearn():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 7, 300)
@@ -140,3 +173,100 @@ def test_builtin_tasks_never_test_on_training_data():
     for name in registry.names():
         splits = registry.get(name).spec.splits
         assert splits.test not in {splits.train, splits.val}, name
+
+
+# label_match: index with data that ships its own class names.
+
+
+def _index_task(tmp_path, dataset: dict, classnames: list[str], name: str = "by-index", **fields):
+    from evalbench.tasks.loader import TaskRegistry
+
+    folder = tmp_path / "tasks"
+    folder.mkdir(exist_ok=True)
+    path = write_task(folder, name, dataset, classnames=classnames, label_match="index", **fields)
+    return path, TaskRegistry([folder]).get(name)
+
+
+def _hf_colours(tmp_path, names: list[str]):
+    """A save_to_disk DatasetDict of the colour images whose ClassLabel names are ``names``, label i
+    being the i-th of red, green, blue."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    splits = {}
+    for split in ("train", "test"):
+        rows = {"image": [], "label": []}
+        for _, colour, image in colour_samples(split):
+            rows["image"].append(image)
+            rows["label"].append(CLASSES.index(colour))
+        splits[split] = datasets.Dataset.from_dict(rows, features=features)
+    root = tmp_path / "hf-index"
+    datasets.DatasetDict(splits).save_to_disk(str(root))
+    return {"source": "hf", "path": str(root)}
+
+
+def test_index_labels_accept_the_datas_own_names_in_order(tmp_path, imagefolder_root, tiny_arch):
+    """Folder names (sorted: blue, green, red) in the task's order, and hub-style names with
+    synonyms, other case and underscores: both run."""
+    args = ["--model", f"tiny={tiny_arch}", "--results-dir", str(tmp_path / "r"), "--no-cache", "--no-progress",
+            "--mode", "zeroshot"]
+    folder, _ = _index_task(tmp_path, {"source": "imagefolder", "path": str(imagefolder_root)},
+                            ["blue", "green", "red"], name="folder-in-order")
+    assert main(["run", "--tasks", str(folder), *args]) == 0
+    hub = _hf_colours(tmp_path, ["Red, crimson, scarlet", "GREEN_colour", "blue"])
+    hub_task, _ = _index_task(tmp_path, hub, ["red", "green colour", "blue"], name="hub-in-order",
+                              splits={"train": "train", "test": "test"})
+    assert main(["run", "--tasks", str(hub_task), *args]) == 0
+
+
+def test_index_labels_in_another_order_are_an_error(tmp_path, imagefolder_root, hf_root, tiny_arch, capsys):
+    """The same data with the task's classes in another order: one line naming the file, the
+    field, the first displaced label and both names; no record is written."""
+    args = ["--model", f"tiny={tiny_arch}", "--results-dir", str(tmp_path / "r"), "--no-cache", "--no-progress",
+            "--mode", "zeroshot"]
+    folder, _ = _index_task(tmp_path, {"source": "imagefolder", "path": str(imagefolder_root)},
+                            ["red", "green", "blue"], name="folder-shuffled")
+    capsys.readouterr()
+    assert main(["-q", "run", "--tasks", str(folder), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(folder) in err and "classnames" in err
+    assert "label 0 of the data is named 'blue' while classnames[0] is 'red'" in err
+    assert not (tmp_path / "r" / "tiny" / "folder-shuffled.json").exists()
+    # hf_root's ClassLabel names are blue, red, green: against red, green, blue it fails at label 0,
+    # against the data's own order (with the names as label_names) it runs.
+    hub, _ = _index_task(tmp_path, {"source": "hf", "path": str(hf_root)}, CLASSES, name="hub-shuffled")
+    assert main(["run", "--tasks", str(hub), *args]) == 2
+    assert "label 0 of the data is named 'blue' while classnames[0] is 'red'" in capsys.readouterr().err
+    relabelled, _ = _index_task(tmp_path, {"source": "hf", "path": str(hf_root)}, ["a blue one", "red", "green"],
+                                name="hub-label-names", label_names=["Blue", "red", "green"])
+    assert main(["run", "--tasks", str(relabelled), *args]) == 0
+
+
+def test_index_order_check_on_real_imagenet_names(tmp_path):
+    """The built-in ImageNet task against the names real hub copies carry: CLIP's own list
+    (clip-benchmark's classnames.txt) and the ILSVRC synset lemmas ("tench, Tinca tinca"; the
+    names of ILSVRC/imagenet-1k on the hub, here from timm's copy), of which about 300 differ from
+    CLIP's renamed classes. Both pass; the lemmas rotated by one place fail at label 0."""
+    timm = pytest.importorskip("timm")
+    from pathlib import Path
+
+    from evalbench.data import label_mapping
+    from evalbench.errors import EvalbenchError
+    from evalbench.tasks.loader import TaskRegistry
+
+    info = Path(timm.__file__).parent / "data" / "_info"
+    lemma = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines())
+    lemmas = [lemma[s] for s in (info / "imagenet_synsets.txt").read_text().split()]
+    task = TaskRegistry().get("imagenet1k")
+    clip = task.spec.classnames
+    assert lemmas[0] == "tench, Tinca tinca" and len(lemmas) == len(clip) == 1000
+    np.testing.assert_array_equal(label_mapping(task, clip, clip, 1000), np.arange(1000))
+    np.testing.assert_array_equal(label_mapping(task, clip, lemmas, 1000), np.arange(1000))
+    with pytest.raises(EvalbenchError, match=r"label 0 of the data is named 'goldfish, Carassius auratus' "
+                                             r"while classnames\[0\] is 'tench'"):
+        label_mapping(task, clip, lemmas[1:] + lemmas[:1], 1000)
+    # Two neighbours swapped far down the list are found too.
+    swapped = lemmas[:500] + [lemmas[501], lemmas[500]] + lemmas[502:]
+    with pytest.raises(EvalbenchError, match=r"label 500 of the data"):
+        label_mapping(task, clip, swapped, 1000)

@@ -289,3 +289,55 @@ def test_remote_code_model_needs_the_flag(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(EvalbenchError, match="needs code from the repository; pass --trust-remote-code"):
         load_model(parse_model_spec(f"hf:{tmp_path}"), CPU)
+
+
+def _hub_snapshot(cache: Path, repo_id: str, folder: Path, commit: str) -> None:
+    """Files of ``folder`` as a download of ``repo_id`` at ``commit`` leaves them in the HF cache."""
+    from conftest import hub_file
+
+    for f in sorted(folder.iterdir()):
+        hub_file(cache, repo_id, f.name, f.read_bytes(), commit)
+
+
+def test_hub_model_is_keyed_by_its_resolved_commit(clip_dir, one_template_tasks, tmp_path, monkeypatch):
+    """hf:ORG/NAME from the hub cache: keyed by the commit ``main`` resolves to, never by
+    ``main`` itself. A new commit makes a rerun recompute features and classifier (even with the
+    same files); the same commit does not."""
+    import huggingface_hub.constants
+
+    from conftest import Counts
+
+    cache = tmp_path / "hf-hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    _hub_snapshot(cache, "evalbench-tests/tiny-hf-clip", clip_dir, "a" * 40)
+    counts = Counts(monkeypatch)
+    model = "hub=hf:evalbench-tests/tiny-hf-clip"
+    assert run(model, one_template_tasks, tmp_path, "--overwrite") == 0
+    assert counts.take() == (1, 1)
+    first = zeroshot_predictions(tmp_path, "hub")[2]["model"]["fingerprint"]
+    assert run(model, one_template_tasks, tmp_path, "--overwrite") == 0
+    assert counts.take() == (0, 0)
+    _hub_snapshot(cache, "evalbench-tests/tiny-hf-clip", clip_dir, "b" * 40)  # main moved
+    assert run(model, one_template_tasks, tmp_path, "--overwrite") == 0
+    assert counts.take() == (1, 1)
+    assert zeroshot_predictions(tmp_path, "hub")[2]["model"]["fingerprint"] != first
+
+
+def test_uncached_hub_model_online_is_keyed_by_the_hubs_commit(monkeypatch):
+    """Online and not cached: the commit comes from the hub's answer (a HEAD request), so the key
+    is the commit that will be downloaded, not a placeholder for "latest"."""
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    from conftest import FakeHub
+
+    hub = FakeHub({("evalbench-tests/online-clip", "config.json"): ("c" * 40, "etag")})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", hub)
+    spec = parse_model_spec("hf:evalbench-tests/online-clip")
+    before = model_fingerprint(spec)
+    assert hub.asked
+    hub.files[("evalbench-tests/online-clip", "config.json")] = ("d" * 40, "etag")
+    assert model_fingerprint(spec) != before
+    with pytest.raises(EvalbenchError, match="cannot resolve its commit"):
+        model_fingerprint(parse_model_spec("hf:evalbench-tests/not-on-the-hub"))

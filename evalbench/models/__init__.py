@@ -26,7 +26,8 @@ BUNDLED = {
     "demo-final": f"{ASSETS / 'demo-clip.json'}@{ASSETS / 'demo-final.safetensors'}",
 }
 
-# family -> module with an adapter class ``Adapter`` and a function ``fingerprint(spec)``.
+# family -> module with an adapter class ``Adapter``, a function ``fingerprint(spec)`` and,
+# optionally, ``code_version()``.
 FAMILIES = {
     "open_clip": "evalbench.models.openclip",
     "hf": "evalbench.models.hf",
@@ -101,12 +102,21 @@ def model_fingerprint(spec: ModelSpec) -> str:
     return family_module(spec.family).fingerprint(spec)
 
 
+def code_version(spec: ModelSpec) -> str:
+    """The versions of the code that turns the weights into embeddings (the family's library and
+    adapter), from the family's optional ``code_version()``; "" for families without one. Cache
+    keys hold it next to the fingerprint: a library upgrade may change features, not weights."""
+    function = getattr(family_module(spec.family), "code_version", None)
+    return function() if callable(function) else ""
+
+
 class LazyModel:
     """A model loaded on first use, so that a fully cached run never builds one."""
 
     def __init__(self, spec: ModelSpec, device: torch.device, trust_remote_code: bool = False):
         self.spec, self.device, self.trust_remote_code = spec, device, trust_remote_code
         self.fingerprint = model_fingerprint(spec)
+        self.code_version = code_version(spec)
         self._model: ModelAdapter | None = None
 
     @property

@@ -20,6 +20,7 @@ from evalbench.errors import EvalbenchError
 from evalbench.hub import hub_offline, is_offline_error
 from evalbench.models.base import ModelSpec
 from evalbench.models.checkpoint import file_digest, load_into, read_state_dict
+from evalbench.models.hub import resolve_file
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,6 @@ def _folder_digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _hub_revision(repo_id: str) -> str | None:
-    """The commit of the locally cached snapshot of ``repo_id``, None if nothing is cached."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, "config.json")
-    return Path(found).parent.name if isinstance(found, str) else None
-
-
-
-
 def _not_cached_message(source: str) -> str:
     return (
         f"--model: hf:{source}: the weights are not in the local Hugging Face cache and the hub cannot be "
@@ -97,20 +88,42 @@ def _not_cached_message(source: str) -> str:
 
 def fingerprint(spec: ModelSpec) -> str:
     """Identity of the weights without loading them: a local folder's config and weight-file
-    digests, or a hub id with the commit of its cached snapshot; plus the state_dict file's
-    digest. Raises EvalbenchError for missing files, or a hub model not cached while offline."""
+    digests, or a hub id with the commit a download resolves now (asked of the hub when online,
+    else that of the locally cached snapshot; never a branch name such as ``main``); plus the
+    state_dict file's digest. Raises EvalbenchError for missing files, a hub model not cached
+    while offline, or one whose commit cannot be resolved."""
     target = parse_target(spec.target)
     if target.local:
         base = _folder_digest(Path(target.source))
     else:
-        revision = _hub_revision(target.source)
-        if revision is None and hub_offline():
+        found = resolve_file(target.source, "config.json")
+        if found is None and hub_offline():
             raise EvalbenchError(_not_cached_message(target.source))
-        # Not cached but online: the revision is not known before download; the id stands for it.
-        base = f"{target.source}@{revision or 'latest'}"
+        if found is None:
+            raise EvalbenchError(
+                f"--model: hf:{target.source}: cannot resolve its commit: no config.json on the hub, or a gated or "
+                "private repository (log in with `hf auth login`), and no copy in the local Hugging Face cache"
+            )
+        base = f"{target.source}@{found.commit}"
     extra = file_digest(target.state_dict) if target.state_dict else ""
     return hashlib.sha256(f"hf:{base}:{extra}".encode()).hexdigest()[:16]
 
+
+# Bump when a change to this adapter changes the embeddings it returns for the same weights
+# (tokenizer arguments, image processing), so that cached features are not reused.
+ADAPTER_VERSION = 1
+
+
+def code_version() -> str:
+    """What besides the weights decides the embeddings: transformers' version (model code,
+    tokenizers, image processors) and this adapter's. Part of every cache key."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("transformers")
+    except PackageNotFoundError:  # hf: models cannot load then; the key is never used
+        installed = "none"
+    return f"transformers=={installed};adapter={ADAPTER_VERSION}"
 
 
 

@@ -7,14 +7,17 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
 from evalbench.errors import EvalbenchError
-from evalbench.hub import is_offline_error
+from evalbench.hub import hub_offline, is_offline_error
 from evalbench.models.base import ModelSpec
 from evalbench.models.checkpoint import CHECKPOINT_SUFFIXES, file_digest, load_into, read_state_dict, skip_init
+from evalbench.models.hub import resolve_file
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,12 @@ def _config_file(arch: str) -> Path | None:
 
 def fingerprint(spec: ModelSpec) -> str:
     """Identity of the weights and architecture, computed without building the model; raises
-    EvalbenchError for an unknown architecture or tag, or a missing checkpoint. For local weights
-    it reads the config file and hashes the weights without importing open_clip, so that a fully
-    cached rerun stays fast."""
+    EvalbenchError for an unknown architecture or tag, a missing checkpoint, or a tag whose
+    weights are neither cached nor reachable. For local weights it reads the config file (its
+    ``preprocess_cfg`` included) and hashes the weights without importing open_clip, so that a
+    fully cached rerun stays fast. For ``ARCH@TAG``: the architecture config, the tag's pretrained
+    config (its preprocessing) and the weights file as resolved (see ``_tag_weights``).
+    open_clip's version is not part of it but of the cache keys (``code_version``)."""
     arch, _, weights = spec.target.partition("@")
     config = _config_file(arch)
     if weights and _is_path(weights) and config is not None:
@@ -82,8 +88,69 @@ def fingerprint(spec: ModelSpec) -> str:
             raise EvalbenchError(
                 f"--model: unknown pretrained tag '{weights}' for {model_name} (known: {', '.join(tags) or 'none'})"
             )
-        return hashlib.sha256(f"open_clip:{model_name}@{weights}".encode()).hexdigest()[:16]
+        # The tag's pretrained config carries its preprocessing (mean, std, resize mode,
+        # interpolation) and QuickGELU flag; the architecture config, the image size.
+        pretrained_cfg = open_clip.get_pretrained_cfg(model_name, weights)
+        identity = {
+            "tag": f"{model_name}@{weights}",
+            "config": config_digest,
+            "pretrained_cfg": pretrained_cfg,
+            "weights": _tag_weights(spec, pretrained_cfg),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"{config_digest}-random0"
+
+
+def _tag_weights(spec: ModelSpec, cfg: dict) -> str:
+    """The identity of the file open_clip loads for a pretrained tag, resolved as open_clip
+    resolves it (``download_pretrained``: the hub file, a safetensors alternative first, else the
+    URL): the hub file's etag (its content), or the digest of the downloaded or named file.
+    Raises EvalbenchError when the hub file is neither in the local cache nor reachable."""
+    if cfg.get("file"):
+        return file_digest(Path(cfg["file"]))
+    if cfg.get("hf_hub"):
+        import open_clip.pretrained as pretrained
+
+        repo_id, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or pretrained.HF_WEIGHTS_NAME
+        safe = getattr(pretrained, "_get_safe_alternatives", lambda name: ())
+        candidates = [*safe(filename), filename] if getattr(pretrained, "_has_safetensors", True) else [filename]
+        for candidate in candidates:
+            found = resolve_file(repo_id, candidate)
+            if found is not None:
+                return f"{repo_id}/{candidate}:{found.content}"
+        if hub_offline():
+            raise EvalbenchError(_offline_message(spec))
+        raise EvalbenchError(
+            f"--model: {spec.target}: its weights file {repo_id}/{filename} cannot be found on the hub"
+        )
+    url = cfg.get("url", "")
+    downloaded = Path("~/.cache/clip").expanduser() / os.path.basename(url)  # open_clip's download folder
+    return f"{url}:{file_digest(downloaded)}" if url and downloaded.is_file() else url
+
+
+def _offline_message(spec: ModelSpec) -> str:
+    return (
+        f"--model: {spec.target}: weights are not in the local cache and the hub cannot be reached "
+        "(offline). Run once with network access, unset HF_HUB_OFFLINE, or pass ARCH@/path/to/weights."
+    )
+
+
+def open_clip_version() -> str:
+    """The installed open_clip's version, read without importing it (3 s)."""
+    return version("open_clip_torch")
+
+
+# Bump when a change to this adapter changes the embeddings it returns for the same weights, so
+# that features and text classifiers cached by older code are not reused.
+ADAPTER_VERSION = 1
+
+
+def code_version() -> str:
+    """What besides the weights decides the embeddings: open_clip's version (model code, default
+    preprocessing, tokenizer) and this adapter's. Part of every cache key, not of the record's
+    model fingerprint (the record's provenance names the versions)."""
+    return f"open_clip_torch=={open_clip_version()};adapter={ADAPTER_VERSION}"
 
 
 @contextlib.contextmanager
@@ -121,11 +188,10 @@ class OpenClipAdapter:
                 model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights)
             except Exception as e:  # noqa: BLE001
                 if is_offline_error(e):
-                    raise EvalbenchError(
-                        f"--model: {spec.target}: weights are not in the local cache and the hub cannot be reached "
-                        "(offline). Run once with network access, unset HF_HUB_OFFLINE, or pass ARCH@/path/to/weights."
-                    ) from None
+                    raise EvalbenchError(_offline_message(spec)) from None
                 raise
+            # After loading, so that a tag's weights resolve to the file just downloaded.
+            self.fingerprint = fingerprint(spec)
         else:
             log.warning("model %s has random weights (no @TAG or @PATH): numbers are meaningless", spec.name)
             torch.manual_seed(0)  # random weights, but the same ones every run

@@ -7,7 +7,6 @@ import math
 
 import pandas as pd
 
-from evalbench.errors import EvalbenchError
 from evalbench.report.build import Report, build_report
 from evalbench.report.compare import CompareOptions
 from evalbench.report.formats import renderer
