@@ -162,7 +162,10 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
         keep = existing["results"] if same else {}
         record = {
             "schema_version": SCHEMA_VERSION,
-            "model": {"name": spec.name, "spec": spec.spec, "fingerprint": model.fingerprint},
+            "model": {
+                "name": spec.name, "spec": spec.spec, "fingerprint": model.fingerprint,
+                "adapter": _adapter_metadata(model, existing if same else None),
+            },  # fmt: skip
             "task": {
                 "name": task.name,
                 "version": task.spec.version,
@@ -176,6 +179,15 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
         }
         write_record(path, record)
     return path
+
+
+def _adapter_metadata(model: LazyModel, previous: dict | None) -> dict | None:
+    """How the adapter ran the model (its ``metadata``: preprocessing, text padding, logit scale
+    and bias); a run that never loaded the model (everything cached) keeps what the previous record
+    of the same weights said. None for adapters that describe nothing (``py:``, plugins)."""
+    if model.loaded:
+        return getattr(model.get(), "metadata", None)
+    return (previous or {}).get("model", {}).get("adapter")
 
 
 def lock_path(config: RunConfig, record: Path) -> Path:

@@ -13,7 +13,8 @@ import numpy as np
 
 from evalbench.errors import EvalbenchError
 
-SCHEMA_VERSION = 1
+# 2: model.adapter (how the adapter ran the model; absent from version 1 records, which still read)
+SCHEMA_VERSION = 2
 from evalbench.config import MODES  # noqa: F401 - re-exported
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from evalbench.errors import EvalbenchError
-from evalbench.models.base import ModelSpec
+from evalbench.models.base import ModelSpec, logit_metadata
 from evalbench.models.checkpoint import CHECKPOINT_SUFFIXES, file_digest, load_into, read_state_dict, skip_init
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,30 @@ def fingerprint(spec: ModelSpec) -> str:
             raise EvalbenchError(
                 f"--model: unknown pretrained tag '{weights}' for {model_name} (known: {', '.join(tags) or 'none'})"
             )
-        return hashlib.sha256(f"open_clip:{model_name}@{weights}".encode()).hexdigest()[:16]
+        # The tags evalbench builds with QuickGELU (see tag_build_options) once got GELU: their
+        # features changed, so their key does too; every other tag keeps its key.
+        quick = ":quick_gelu" if tag_build_options(model_name, weights) else ""
+        return hashlib.sha256(f"open_clip:{model_name}@{weights}{quick}".encode()).hexdigest()[:16]
     return f"{config_digest}-random0"
+
+
+def tag_build_options(model_name: str, tag: str) -> dict:
+    """Arguments to ``open_clip.create_model_and_transforms(model_name, pretrained=tag, ...)`` that
+    the tag's own pipeline needs and open_clip 3 does not apply by itself.
+
+    A tag trained with QuickGELU (every ``openai`` tag, the ``-quickgelu`` DFN/MetaCLIP ones) on an
+    architecture whose config says GELU: open_clip only warns ("QuickGELU mismatch") and builds
+    GELU, which loads the weights without error and loses points (open_clip #1109); the model the
+    weights were trained as has QuickGELU. The tag's preprocessing (mean/std, resize mode,
+    interpolation) needs nothing here: open_clip's factory merges the tag's config itself.
+    """
+    import open_clip
+
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, tag) or {}
+    model_cfg = open_clip.get_model_config(model_name) or {}
+    if tag_cfg.get("quick_gelu", False) and not model_cfg.get("quick_gelu", False):
+        return {"force_quick_gelu": True}
+    return {}
 
 
 @contextlib.contextmanager
@@ -124,8 +146,11 @@ class OpenClipAdapter:
                 model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
             load_into(model, state, path)
         elif weights:
+            options = tag_build_options(model_name, weights)
             try:
-                model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights)
+                model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=weights, **options
+                )
             except Exception as e:  # noqa: BLE001
                 if _offline_cause(e):
                     raise EvalbenchError(
@@ -139,6 +164,7 @@ class OpenClipAdapter:
             model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
         self.model = model.to(device).eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.metadata = _metadata(model, model_name, weights)
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels.to(self.device, non_blocking=True)).float()
@@ -148,6 +174,22 @@ class OpenClipAdapter:
 
 
 Adapter = OpenClipAdapter
+
+
+def _metadata(model, model_name: str, weights: str) -> dict:
+    """What the record says about how this model was run: the activation, the image preprocessing
+    config open_clip resolved (the tag's own), and the logit scale and bias, which zero-shot does
+    not apply (cosine scores; a positive scale and a bias do not change the ranking)."""
+    quick_gelu = any(type(m).__name__ == "QuickGELU" for m in model.modules())
+    preprocess = getattr(model.visual, "preprocess_cfg", None) or {}
+    return {
+        "family": "open_clip",
+        "architecture": model_name,
+        "pretrained": weights or None,
+        "quick_gelu": quick_gelu,
+        "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()},
+        **logit_metadata(getattr(model, "logit_scale", None), getattr(model, "logit_bias", None)),
+    }
 
 
 def list_models(pattern: str | None = None) -> list[tuple[str, list[str]]]:
