@@ -150,7 +150,10 @@ def _from_pretrained(what: str, load, source: str):
                 f"--model: hf:{source}: its {what} needs code from the repository; pass --trust-remote-code "
                 "if you trust it"
             ) from None
-        if isinstance(e, (OSError, ValueError, KeyError)):
+        # ImportError: a tokenizer whose backend is missing (SigLIP's needs sentencepiece, protobuf)
+        if isinstance(e, ImportError):
+            first = first.split(". ")[0] + ". pip install 'evalbench[hf]' installs what hf: models need"
+        if isinstance(e, (OSError, ValueError, KeyError, ImportError)):
             raise EvalbenchError(f"--model: hf:{source}: cannot load its {what}: {first[:300]}") from None
         raise
 
