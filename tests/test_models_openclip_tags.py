@@ -171,8 +171,14 @@ def test_record_names_the_preprocessing_and_activation(tiny_tags, imagefolder_ro
             "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
             "--mode", "zeroshot", "--no-progress", "--device", "cpu"]  # fmt: skip
     assert evalbench.cli.main(args) == 0
-    adapter = json.loads((tmp_path / "results" / "qg" / "colours.json").read_text())["model"]["adapter"]
+    record = json.loads((tmp_path / "results" / "qg" / "colours.json").read_text())
+    adapter = record["model"]["adapter"]
+    assert record["provenance"]["model_loaded"] is True
     assert adapter["family"] == "open_clip" and adapter["pretrained"] == "crop_qg" and adapter["quick_gelu"] is True
     assert adapter["preprocess"]["mean"] == pytest.approx(list(TAGS["crop_qg"]["mean"]))
     assert adapter["logit_scale"] == pytest.approx(float(reference.logit_scale.detach().exp()))
     assert adapter["logit_bias"] is None
+    # A rerun served from the cache never loads the model: the record keeps what it said.
+    assert evalbench.cli.main([*args, "--overwrite"]) == 0
+    again = json.loads((tmp_path / "results" / "qg" / "colours.json").read_text())
+    assert again["provenance"]["model_loaded"] is False and again["model"]["adapter"] == adapter
