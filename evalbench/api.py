@@ -170,7 +170,10 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
         same = existing is not None and not record_mismatch(existing, model, task, config)
         keep = existing.results if same else {}
         record = Record(
-            model={"name": spec.name, "spec": spec.spec, "fingerprint": model.fingerprint},
+            model={
+                "name": spec.name, "spec": spec.spec, "fingerprint": model.fingerprint,
+                "adapter": _adapter_metadata(model, existing if same else None),
+            },
             task={
                 "name": task.name,
                 "version": task.spec.version,
@@ -184,6 +187,15 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
         )
         write_record(path, record)
     return path
+
+
+def _adapter_metadata(model: LazyModel, previous: Record | None) -> dict | None:
+    """How the adapter ran the model (its ``metadata``: preprocessing, text padding, logit scale
+    and bias); a run that never loaded the model (everything cached) keeps what the previous record
+    of the same weights said. None for adapters that describe nothing (``py:``, plugins)."""
+    if model.loaded:
+        return getattr(model.get(), "metadata", None)
+    return getattr(previous.model, "adapter", None) if previous is not None else None
 
 
 def lock_path(config: RunConfig, record: Path) -> Path:

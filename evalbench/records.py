@@ -18,8 +18,12 @@ from evalbench.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-# 1: the first format. Readers accept every version up to this one.
-SCHEMA_VERSION = 1
+# Readers accept every version up to this one.
+# 1: the first format.
+# 2: model.adapter (how the adapter ran the model); matching tasks' per_subset and per-item
+#    correctness; group tasks' per_group and per-image groups. All additions: version 1 records
+#    read unchanged.
+SCHEMA_VERSION = 2
 
 
 class _Open(BaseModel):
@@ -89,8 +93,8 @@ class Record(BaseModel):
 
 
 def migrate(data: dict) -> dict:
-    """Older records in the current layout. Version 1 is the current one, so nothing changes yet;
-    each later version adds one step here."""
+    """Older records in the current layout; each version adds one step here. 1 -> 2 only added
+    keys, so a version 1 record is already valid as it is."""
     return data
 
 

@@ -44,3 +44,22 @@ class ModelAdapter(Protocol):
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor: ...
+
+
+def logit_metadata(logit_scale, logit_bias) -> dict:
+    """``logit_scale`` (as applied: exp of the stored log-scale) and ``logit_bias`` of a contrastive
+    or sigmoid model, None where the model has none, and what zero-shot scores are instead."""
+
+    def number(tensor, exp: bool = False) -> float | None:
+        if not isinstance(tensor, torch.Tensor):
+            return None
+        value = tensor.detach().float().reshape(-1)[0]
+        return float(value.exp() if exp else value)
+
+    return {
+        "logit_scale": number(logit_scale, exp=True),
+        "logit_bias": number(logit_bias),
+        # Zero-shot ranks classes by cosine similarity: scale * cos + bias (and a sigmoid on top)
+        # is increasing in cos for scale > 0, so argmax, top-5 and AUC are unchanged.
+        "zeroshot_scores": "cosine (logit_scale and logit_bias not applied)",
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 
 from evalbench.errors import EvalbenchError
 from evalbench.hub import hub_offline, is_offline_error
-from evalbench.models.base import ModelSpec
+from evalbench.models.base import ModelSpec, logit_metadata
 from evalbench.models.checkpoint import file_digest, load_into, read_state_dict
 from evalbench.models.hub import resolve_file
 
@@ -27,12 +28,22 @@ log = logging.getLogger(__name__)
 # config.model_type -> transformers class. Other types go through AutoModel, untested.
 MODEL_CLASSES = {
     "clip": "CLIPModel",
-    "siglip": "SiglipModel",
+    "siglip": "SiglipModel",  # SigLIP, and SigLIP 2 at a fixed resolution (google/siglip2-*-224)
+    "siglip2": "Siglip2Model",  # SigLIP 2 NaFlex (google/siglip2-*-naflex)
     "vision-text-dual-encoder": "VisionTextDualEncoderModel",
 }
-# SigLIP was trained on prompts padded to a fixed length (64) and pools the last position, so
-# padding to the longest prompt of a batch would change its text embeddings.
-FIXED_LENGTH_TYPES = {"siglip"}
+# SigLIP (1 and 2) was trained on prompts padded to a fixed length (64) and pools the last
+# position, so padding to the longest prompt of a batch changes its text embeddings (and cost
+# CLIP_benchmark two points of ImageNet accuracy, its issues #108 and #135).
+FIXED_LENGTH_TYPES = {"siglip", "siglip2"}
+# Image processors whose output is more than ``pixel_values`` (NaFlex: patches, a patch mask and
+# the patch grid's shape); their outputs travel packed in one tensor, see PackedImageInputs.
+PACKED_INPUT_TYPES = {"siglip2"}
+
+# The image processor settings a record shows (the ones that change pixels).
+_IMAGE_SETTINGS = ("image_processor_type", "do_resize", "size", "resample", "do_center_crop", "crop_size",
+                   "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb",
+                   "patch_size", "max_num_patches")
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _SMALL_SUFFIXES = (".json", ".txt", ".model")  # configs, vocabularies, sentencepiece models
@@ -111,7 +122,7 @@ def fingerprint(spec: ModelSpec) -> str:
 
 # Bump when a change to this adapter changes the embeddings it returns for the same weights
 # (tokenizer arguments, image processing), so that cached features are not reused.
-ADAPTER_VERSION = 1
+ADAPTER_VERSION = 2  # 2: QuickGELU for tags trained with it; SigLIP 2 NaFlex
 
 
 def code_version() -> str:
@@ -142,7 +153,10 @@ def _from_pretrained(what: str, load, source: str):
                 f"--model: hf:{source}: its {what} needs code from the repository; pass --trust-remote-code "
                 "if you trust it"
             ) from None
-        if isinstance(e, (OSError, ValueError, KeyError)):
+        # ImportError: a tokenizer whose backend is missing (SigLIP's needs sentencepiece, protobuf)
+        if isinstance(e, ImportError):
+            first = first.split(". ")[0] + ". pip install 'evalbench[hf]' installs what hf: models need"
+        if isinstance(e, (OSError, ValueError, KeyError, ImportError)):
             raise EvalbenchError(f"--model: hf:{source}: cannot load its {what}: {first[:300]}") from None
         raise
 
@@ -171,6 +185,33 @@ class ImageProcessorTransform:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+class PackedImageInputs:
+    """PIL image -> one (P, D + 3) tensor for a NaFlex image processor, whose outputs per image are
+    ``pixel_values`` (P, D) patches, ``pixel_attention_mask`` (P,) and ``spatial_shapes`` (2,).
+
+    The feature pipeline batches one tensor per image, so the mask and the patch grid's height and
+    width ride along as three more columns (exact in float32: they are small integers);
+    :meth:`unpack` turns a batch back into the model's keyword arguments.
+    """
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        out = self.image_processor(images=image, return_tensors="pt")
+        patches, mask, shape = out["pixel_values"][0], out["pixel_attention_mask"][0], out["spatial_shapes"][0]
+        extra = torch.cat([mask[:, None].float(), shape.float().expand(len(mask), 2)], dim=1)
+        return torch.cat([patches.float(), extra], dim=1)
+
+    @staticmethod
+    def unpack(packed: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "pixel_values": packed[..., :-3],
+            "pixel_attention_mask": packed[..., -3].round().long(),
+            "spatial_shapes": packed[:, 0, -2:].round().long(),
+        }
 
 
 def _embedding(out) -> torch.Tensor:
@@ -224,8 +265,10 @@ class HFAdapter:
         image_processor = _from_pretrained(
             "image processor", lambda: transformers.AutoImageProcessor.from_pretrained(source, **remote), source
         )
-        self.preprocess = ImageProcessorTransform(image_processor)
+        packed = self.model_type in PACKED_INPUT_TYPES
+        self.preprocess = PackedImageInputs(image_processor) if packed else ImageProcessorTransform(image_processor)
         self.text_kwargs = self._text_kwargs(config)
+        self.metadata = self._metadata(image_processor)
 
     def _text_kwargs(self, config) -> dict:
         """Tokenizer arguments: SigLIP pads to its fixed length; the others pad to the longest
@@ -238,8 +281,29 @@ class HFAdapter:
             raise EvalbenchError(f"--model: {self.spec.spec}: cannot tell the text length SigLIP was trained with")
         return {"padding": padding, "truncation": True, "max_length": max_length}
 
+    def _metadata(self, image_processor) -> dict:
+        """What the record says about how this model was run: its class, the tokenizer arguments,
+        the image processor's settings, and the logit scale and bias zero-shot does not apply."""
+        settings = json.loads(image_processor.to_json_string())
+        return {
+            "family": "hf",
+            "class": type(self.model).__name__,
+            "model_type": self.model_type,
+            "text": {
+                "tokenizer": type(self.tokenizer).__name__,
+                "padding_side": getattr(self.tokenizer, "padding_side", None),
+                **self.text_kwargs,
+            },
+            "image_processor": {k: settings[k] for k in _IMAGE_SETTINGS if k in settings},
+            **logit_metadata(getattr(self.model, "logit_scale", None), getattr(self.model, "logit_bias", None)),
+        }
+
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        out = self.model.get_image_features(pixel_values=pixels.to(self.device, non_blocking=True))
+        pixels = pixels.to(self.device, non_blocking=True)
+        if isinstance(self.preprocess, PackedImageInputs):
+            out = self.model.get_image_features(**PackedImageInputs.unpack(pixels))
+        else:
+            out = self.model.get_image_features(pixel_values=pixels)
         return _embedding(out).float()
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:

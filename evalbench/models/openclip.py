@@ -15,7 +15,7 @@ import torch
 
 from evalbench.errors import EvalbenchError
 from evalbench.hub import hub_offline, is_offline_error
-from evalbench.models.base import ModelSpec
+from evalbench.models.base import ModelSpec, logit_metadata
 from evalbench.models.checkpoint import CHECKPOINT_SUFFIXES, file_digest, load_into, read_state_dict, skip_init
 from evalbench.models.hub import resolve_file
 
@@ -96,6 +96,7 @@ def fingerprint(spec: ModelSpec) -> str:
             "config": config_digest,
             "pretrained_cfg": pretrained_cfg,
             "weights": _tag_weights(spec, pretrained_cfg),
+            "build": tag_build_options(model_name, weights),  # QuickGELU where open_clip only warns
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"{config_digest}-random0"
@@ -143,7 +144,7 @@ def open_clip_version() -> str:
 
 # Bump when a change to this adapter changes the embeddings it returns for the same weights, so
 # that features and text classifiers cached by older code are not reused.
-ADAPTER_VERSION = 1
+ADAPTER_VERSION = 2  # 2: QuickGELU for tags trained with it; SigLIP 2 NaFlex
 
 
 def code_version() -> str:
@@ -151,6 +152,25 @@ def code_version() -> str:
     preprocessing, tokenizer) and this adapter's. Part of every cache key, not of the record's
     model fingerprint (the record's provenance names the versions)."""
     return f"open_clip_torch=={open_clip_version()};adapter={ADAPTER_VERSION}"
+
+
+def tag_build_options(model_name: str, tag: str) -> dict:
+    """Arguments to ``open_clip.create_model_and_transforms(model_name, pretrained=tag, ...)`` that
+    the tag's own pipeline needs and open_clip 3 does not apply by itself.
+
+    A tag trained with QuickGELU (every ``openai`` tag, the ``-quickgelu`` DFN/MetaCLIP ones) on an
+    architecture whose config says GELU: open_clip only warns ("QuickGELU mismatch") and builds
+    GELU, which loads the weights without error and loses points (open_clip #1109); the model the
+    weights were trained as has QuickGELU. The tag's preprocessing (mean/std, resize mode,
+    interpolation) needs nothing here: open_clip's factory merges the tag's config itself.
+    """
+    import open_clip
+
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, tag) or {}
+    model_cfg = open_clip.get_model_config(model_name) or {}
+    if tag_cfg.get("quick_gelu", False) and not model_cfg.get("quick_gelu", False):
+        return {"force_quick_gelu": True}
+    return {}
 
 
 @contextlib.contextmanager
@@ -184,8 +204,11 @@ class OpenClipAdapter:
                 model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
             load_into(model, state, path)
         elif weights:
+            options = tag_build_options(model_name, weights)
             try:
-                model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights)
+                model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=weights, **options
+                )
             except Exception as e:  # noqa: BLE001
                 if is_offline_error(e):
                     raise EvalbenchError(_offline_message(spec)) from None
@@ -198,6 +221,7 @@ class OpenClipAdapter:
             model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
         self.model = model.to(device).eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.metadata = _metadata(model, model_name, weights)
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels.to(self.device, non_blocking=True)).float()
@@ -207,6 +231,22 @@ class OpenClipAdapter:
 
 
 Adapter = OpenClipAdapter
+
+
+def _metadata(model, model_name: str, weights: str) -> dict:
+    """What the record says about how this model was run: the activation, the image preprocessing
+    config open_clip resolved (the tag's own), and the logit scale and bias, which zero-shot does
+    not apply (cosine scores; a positive scale and a bias do not change the ranking)."""
+    quick_gelu = any(type(m).__name__ == "QuickGELU" for m in model.modules())
+    preprocess = getattr(model.visual, "preprocess_cfg", None) or {}
+    return {
+        "family": "open_clip",
+        "architecture": model_name,
+        "pretrained": weights or None,
+        "quick_gelu": quick_gelu,
+        "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()},
+        **logit_metadata(getattr(model, "logit_scale", None), getattr(model, "logit_bias", None)),
+    }
 
 
 def list_models(pattern: str | None = None) -> list[tuple[str, list[str]]]:
