@@ -24,7 +24,7 @@ from evalbench.config import RunConfig
 from evalbench.errors import EvalbenchError
 from evalbench.models import LazyModel, parse_model_spec
 from evalbench.records import SCHEMA_VERSION, read_record, record_path, write_record
-from evalbench.runners import run_task
+from evalbench.runners import SkippedMode, run_task
 from evalbench.tasks.loader import Task, TaskRegistry
 
 log = logging.getLogger(__name__)
@@ -106,13 +106,26 @@ def _provenance(device: torch.device, config: RunConfig, started: float, model: 
     }
 
 
+class Evaluation(list):
+    """What :func:`evaluate` returns: the paths of the records it touched (it is that list) and,
+    in ``skipped``, every (model, task, mode) it did not run because the task's data source
+    lacks a split that mode needs (:class:`~evalbench.runners.SkippedMode`)."""
+
+    def __init__(self, paths: list[Path], skipped: list[SkippedMode]):
+        super().__init__(paths)
+        self.skipped = skipped
+
+
 def evaluate(
     models: list[str], tasks: list[str], config: RunConfig, registry: TaskRegistry | None = None
-) -> list[Path]:
-    """Run ``config.modes`` for every (model, task); return the paths of the records touched.
+) -> Evaluation:
+    """Run ``config.modes`` for every (model, task); return the paths of the records touched,
+    with ``.skipped`` listing the modes not run for a missing split.
 
     Everything is validated before any model loads: task files, model spec syntax, duplicate
-    names. Finished (model, task, mode) triples are skipped unless ``config.overwrite``.
+    names. Finished (model, task, mode) triples are skipped unless ``config.overwrite``. A split
+    a task names but its source lacks fails no run: the modes that need it are logged and listed
+    in ``.skipped``, every other mode runs and is written.
     """
     registry = registry or TaskRegistry()
     specs = [parse_model_spec(m) for m in models]
@@ -130,11 +143,15 @@ def evaluate(
         log.warning("--precision amp applies on CUDA only; using fp32 on %s", device)
         config = replace(config, precision="fp32")
     lazy_models = [LazyModel(spec, device, config.trust_remote_code) for spec in specs]  # validates every spec up front
-    return [evaluate_one(model, task, config) for model in lazy_models for task in task_objs]
+    skipped: list[SkippedMode] = []
+    paths = [evaluate_one(model, task, config, skipped) for model in lazy_models for task in task_objs]
+    # A (model, task) whose every mode was skipped has no record to point to.
+    return Evaluation([p for p in paths if p.exists() or not distributed.is_main()], skipped)
 
 
-def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
-    """Bring one (model, task) record up to date and return its path.
+def evaluate_one(model: LazyModel, task: Task, config: RunConfig, skipped: list[SkippedMode] | None = None) -> Path:
+    """Bring one (model, task) record up to date and return its path. Modes not run for a
+    missing split are appended to ``skipped``; a record is written only if a mode ran.
 
     The whole read-compute-write runs under a lock, so two processes on the same results folder
     never tear or lose a record: the second waits, re-reads, and finds the work done (or merges
@@ -154,8 +171,10 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
             return path
         started = time.perf_counter()
         log.info("%s / %s: %s", spec.name, task.name, ", ".join(todo))
-        results = run_task(model, task, todo, config)
-        if not main:
+        results, not_run = run_task(model, task, todo, config)
+        if skipped is not None:
+            skipped.extend(not_run)
+        if not main or not results:
             return path
         # Modes not rerun stay, unless they were computed for something else.
         same = existing is not None and not record_mismatch(existing, model, task, config)
