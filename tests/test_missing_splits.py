@@ -224,3 +224,43 @@ def test_allow_missing_loads_the_other_roles(tmp_path, no_train_folder):
     assert set(data.views) == {"test"} and set(data.sources) == {"test"}
     assert set(data.missing) == {"train", "val"}
     assert {e.split for e in data.missing.values()} == {"train"}
+
+
+# --- the built-in tasks name only splits their mirrors have ---------------------------------------
+
+# The splits of each hub mirror, as its hub listing shows them (dataset viewer and file tree).
+# DataComp's *_test mirrors hold a test split only (download_evalsets.py fetches test/ alone).
+MIRROR_SPLITS = {
+    "clip-benchmark/wds_sun397": {"test"},
+    "clip-benchmark/wds_country211": {"train", "test"},
+    "clip-benchmark/wds_renderedsst2": {"train", "test"},
+    "clip-benchmark/wds_vtab-pets": {"train", "test"},
+    "clip-benchmark/wds_vtab-caltech101": {"train", "test"},
+    "clip-benchmark/wds_vtab-cifar100": {"train", "test"},
+    "clip-benchmark/wds_vtab-pcam": {"train", "test"},
+    "clip-benchmark/wds_vtab-eurosat": {"train", "test"},
+    "clip-benchmark/wds_vtab-resisc45": {"train", "test"},
+    "clip-benchmark/wds_vtab-clevr_count_all": {"train", "test"},
+    "clip-benchmark/wds_fgvc_aircraft": {"train", "test"},
+    "clip-benchmark/wds_cars": {"train", "test"},
+    "clip-benchmark/wds_food101": {"train", "test"},
+    "clip-benchmark/wds_mnist": {"train", "test"},
+    "clip-benchmark/wds_imagenet1k": {"train", "test"},
+    "clip-benchmark/wds_flickr30k": {"train", "test"},
+}
+
+
+def _builtin_tasks_on_listed_mirrors():
+    registry = TaskRegistry()
+    for name in registry.names():
+        task = registry.get(name)
+        repo = str(task.spec.dataset.get("path", "")).removeprefix("hf://datasets/")
+        if repo in MIRROR_SPLITS or repo.startswith("djghosh/") and repo.endswith("_test"):
+            yield pytest.param(task, MIRROR_SPLITS.get(repo, {"test"}), id=name)
+
+
+@pytest.mark.parametrize("task, listed", list(_builtin_tasks_on_listed_mirrors()))
+def test_builtin_tasks_name_only_splits_their_mirror_has(task, listed):
+    splits = task.spec.splits
+    named = {s for s in (splits.train, splits.val, splits.test) if isinstance(s, str)}
+    assert named <= listed, f"{task.path}: splits {sorted(named - listed)} not in the mirror ({sorted(listed)})"
