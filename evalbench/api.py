@@ -27,7 +27,7 @@ from evalbench.errors import EvalbenchError
 from evalbench.models import LazyModel, parse_model_spec
 from evalbench.models.checkpoint import digest_memo
 from evalbench.records import Record, load_record, record_path, write_record
-from evalbench.runners import run_task
+from evalbench.runners import SkippedMode, run_task
 from evalbench.tasks.loader import Task, TaskRegistry
 
 log = logging.getLogger(__name__)
@@ -109,20 +109,33 @@ def _provenance(device: torch.device, config: RunConfig, started: float, model: 
     }
 
 
+class Evaluation(list):
+    """What :func:`run` returns: the paths of the records it touched (it is that list) and,
+    in ``skipped``, every (model, task, mode) it did not run because the task's data source
+    lacks a split that mode needs (:class:`~evalbench.runners.SkippedMode`)."""
+
+    def __init__(self, paths: list[Path], skipped: list[SkippedMode]):
+        super().__init__(paths)
+        self.skipped = skipped
+
+
 def run(
     models: list[str], tasks: list[str], config: RunConfig, registry: TaskRegistry | None = None
-) -> list[Path]:
-    """Run ``config.modes`` for every (model, task); return the paths of the records touched.
+) -> Evaluation:
+    """Run ``config.modes`` for every (model, task); return the paths of the records touched,
+    with ``.skipped`` listing the modes not run for a missing split.
 
     Everything is validated before any model loads: task files, model spec syntax, duplicate
-    names. Finished (model, task, mode) triples are skipped unless ``config.overwrite``.
+    names. Finished (model, task, mode) triples are skipped unless ``config.overwrite``. A split
+    a task names but its source lacks fails no run: the modes that need it are logged and listed
+    in ``.skipped``, every other mode runs and is written.
     Checkpoint digests are remembered in ``config.cache_dir`` (nowhere under ``use_cache=False``).
     """
     with digest_memo(config.cache_dir if config.use_cache else None):
         return _run(models, tasks, config, registry)
 
 
-def _run(models: list[str], tasks: list[str], config: RunConfig, registry: TaskRegistry | None) -> list[Path]:
+def _run(models: list[str], tasks: list[str], config: RunConfig, registry: TaskRegistry | None) -> Evaluation:
     registry = registry or TaskRegistry()
     specs = [parse_model_spec(m) for m in models]
     slugs = [s.slug for s in specs]
@@ -139,11 +152,15 @@ def _run(models: list[str], tasks: list[str], config: RunConfig, registry: TaskR
         log.warning("--precision amp applies on CUDA only; using fp32 on %s", device)
         config = config.model_copy(update={"precision": "fp32"})
     lazy_models = [LazyModel(spec, device, config.trust_remote_code) for spec in specs]  # validates every spec up front
-    return [evaluate_one(model, task, config) for model in lazy_models for task in task_objs]
+    skipped: list[SkippedMode] = []
+    paths = [evaluate_one(model, task, config, skipped) for model in lazy_models for task in task_objs]
+    # A (model, task) whose every mode was skipped has no record to point to.
+    return Evaluation([p for p in paths if p.exists() or not distributed.is_main()], skipped)
 
 
-def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
-    """Bring one (model, task) record up to date and return its path.
+def evaluate_one(model: LazyModel, task: Task, config: RunConfig, skipped: list[SkippedMode] | None = None) -> Path:
+    """Bring one (model, task) record up to date and return its path. Modes not run for a
+    missing split are appended to ``skipped``; a record is written only if a mode ran.
 
     The whole read-compute-write runs under a lock, so two processes on the same results folder
     never tear or lose a record: the second waits, re-reads, and finds the work done (or merges
@@ -163,8 +180,10 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig) -> Path:
             return path
         started = time.perf_counter()
         log.info("%s / %s: %s", spec.name, task.name, ", ".join(todo))
-        results = run_task(model, task, todo, config)
-        if not main:
+        results, not_run = run_task(model, task, todo, config)
+        if skipped is not None:
+            skipped.extend(not_run)
+        if not main or not results:
             return path
         # Modes not rerun stay, unless they were computed for something else.
         same = existing is not None and not record_mismatch(existing, model, task, config)
@@ -244,7 +263,8 @@ def evaluate(
     :class:`evalbench.config.RunConfig` (``batch_size``, ``device``, ``limit``, ``shots``,
     ``probe_backend``, ``cache_dir``, ``overwrite``, ...). Records are written to ``results_dir``
     as by ``evalbench run``; finished results are reused, never overwritten without
-    ``overwrite=True``.
+    ``overwrite=True``. Modes not run because a task's data lacks a split they need are listed in
+    ``table.attrs["skipped"]`` (and logged); every other mode runs.
 
     Raises EvalbenchError (a ValueError) naming the setting for an invalid setting, and for an
     unknown task, model or suite, before any model loads.
@@ -264,7 +284,9 @@ def evaluate(
         raise EvalbenchError("models: no model given")
     paths = run(model_specs, task_names, config, registry)
     records = [r for r in (load_record(p) for p in paths) if r is not None]
-    return long_table([r.to_dict() for r in records])
+    table = long_table([r.to_dict() for r in records])
+    table.attrs["skipped"] = list(paths.skipped)
+    return table
 
 
 def list_tasks(pattern: str | None = None, tasks_dir: str | Path | Iterable[str | Path] = ()) -> list[str]:

@@ -226,7 +226,19 @@ def cmd_run(args) -> int:
     if not distributed.is_main():
         return 0
     print(render(load_records(paths=paths), registry.suites(), "md"))
-    return 0
+    return _report_skipped(paths.skipped)
+
+
+def _report_skipped(skipped: list) -> int:
+    """The end-of-run summary of modes not run for a missing split: exit status 1 if any, since
+    the run wrote everything it could but not everything asked for."""
+    if not skipped:
+        return 0
+    print(f"evalbench: {len(skipped)} result(s) skipped, their task naming a split its data lacks "
+          "(fix splits: in the task file):", file=sys.stderr)
+    for skip in skipped:
+        print(f"  {skip}", file=sys.stderr)
+    return 1
 
 
 def cmd_tasks(args) -> int:

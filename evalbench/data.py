@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-from evalbench.errors import EvalbenchError
+from evalbench.errors import EvalbenchError, MissingSplitError
 from evalbench.sources.base import Source, SplitData, source_class
 from evalbench.tasks.loader import Task
 from evalbench.tasks.spec import ValFraction
@@ -186,6 +186,8 @@ class TaskData:
     sources: dict[str, SplitData]  # source split name -> data (each extracted once)
     views: dict[str, SplitView]  # 'train' / 'val' / 'test' -> rows of a source split
     fingerprint: str
+    # role -> why it has no view: the source lacks its split (only with allow_missing=True)
+    missing: dict[str, MissingSplitError] = field(default_factory=dict)
 
 
 class Rows(Dataset):
@@ -228,18 +230,36 @@ def _split_off(indices: np.ndarray, labels: np.ndarray, val: ValFraction) -> tup
     return np.sort(train), np.sort(held)
 
 
-def load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | None = None, seed: int = 0) -> TaskData:
+def load_task_data(
+    task: Task, roles: list[str], cache_dir: Path, limit: int | None = None, seed: int = 0,
+    allow_missing: bool = False,
+) -> TaskData:
     """Load the splits behind ``roles`` (a subset of train/val/test) and map their labels.
-    Errors from the source are prefixed with the task file, like every task error."""
+
+    Errors from the source are prefixed with the task file, like every task error. A split the
+    source does not have raises :class:`MissingSplitError`; with ``allow_missing`` it is instead
+    recorded in ``TaskData.missing`` under each role it would have served (a val fraction is
+    served by train), those roles get no view, and the other roles load as usual.
+    """
     try:
-        return _load_task_data(task, roles, cache_dir, limit, seed)
+        data = _load_task_data(task, roles, cache_dir, limit, seed, allow_missing)
+    except MissingSplitError as e:
+        raise e.for_task(task.name, _prefix(task, e)) from None
     except EvalbenchError as e:
         if str(e).startswith(str(task.path)):
             raise
         raise EvalbenchError(f"{task.path}: {e}") from None
+    data.missing = {role: e.for_task(task.name, _prefix(task, e)) for role, e in data.missing.items()}
+    return data
 
 
-def _load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | None, seed: int) -> TaskData:
+def _prefix(task: Task, e: EvalbenchError) -> str:
+    return "" if str(e).startswith(str(task.path)) else f"{task.path}: "
+
+
+def _load_task_data(
+    task: Task, roles: list[str], cache_dir: Path, limit: int | None, seed: int, allow_missing: bool
+) -> TaskData:
     spec = task.spec
     source = open_source(task, cache_dir)
     classnames = [] if spec.type == "retrieval" else spec.classnames or source.classnames()
@@ -257,7 +277,17 @@ def _load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | 
     wanted = {names[r] for r in roles if names.get(r)}
     if "val" in roles and isinstance(val, ValFraction):
         wanted.add(names["train"])
-    sources = {name: source.load_split(name) for name in sorted(wanted)}
+    sources, missing = {}, {}
+    for name in sorted(wanted):
+        try:
+            sources[name] = source.load_split(name)
+        except MissingSplitError as e:
+            if not allow_missing:
+                raise
+            missing[name] = e
+    # A role is missing when the split it reads is: its own, or train for a val fraction.
+    reads = {r: names["train"] if r == "val" and isinstance(val, ValFraction) else names.get(r) for r in roles}
+    missing_roles = {r: missing[s] for r, s in reads.items() if s in missing}
 
     views: dict[str, SplitView] = {}
     for name, data in sources.items():
@@ -281,7 +311,7 @@ def _load_task_data(task: Task, roles: list[str], cache_dir: Path, limit: int | 
             if names.get(role) == name and role not in views:
                 views[role] = SplitView(name, rows, labels[rows], data.ids)
     _check_disjoint(task, views)
-    return TaskData(classnames, templates, sources, views, source.fingerprint())
+    return TaskData(classnames, templates, sources, views, source.fingerprint(), missing_roles)
 
 
 def _check_disjoint(task: Task, views: dict[str, SplitView]) -> None:

@@ -1,5 +1,7 @@
 """The one exception type for mistakes a user can make (bad YAML, unknown model, missing data)."""
 
+from __future__ import annotations
+
 
 class EvalbenchError(ValueError):
     """A user-facing error. The CLI prints its message as one line and exits with code 2.
@@ -9,3 +11,23 @@ class EvalbenchError(ValueError):
     ``modes: 'zero-shot' is not allowed (allowed: zeroshot, linear_probe)``. It is a ValueError,
     so code that already guards against bad values catches it.
     """
+
+
+class MissingSplitError(EvalbenchError):
+    """A task names a split its data source does not have.
+
+    Raised by a source's ``load_split``; ``split`` is the name asked for, ``available`` the
+    splits the source does have (sorted; empty when the source cannot list them), ``where`` the
+    folder or dataset looked in, and ``task`` the task's name once the data loader knows it. At
+    run time this is not fatal: the modes that need the split are skipped and reported (see
+    :class:`evalbench.runners.SkippedMode`); elsewhere it is an ordinary ``EvalbenchError``.
+    """
+
+    def __init__(self, split: str, available: list[str], where: str, task: str | None = None, prefix: str = ""):
+        self.split, self.available, self.where, self.task = split, sorted(available), where, task
+        has = ", ".join(self.available) or "none found"
+        super().__init__(f"{prefix}splits: no split '{split}' in {where} (the source has: {has})")
+
+    def for_task(self, task: str, prefix: str) -> "MissingSplitError":
+        """The same error, naming ``task`` and with ``prefix`` (the task file) before the message."""
+        return MissingSplitError(self.split, self.available, self.where, task, prefix)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from evalbench import __version__, distributed
 from evalbench.cache import FeatureCache, array_digest
 from evalbench.config import RunConfig
 from evalbench.data import Rows, TaskData, load_task_data
-from evalbench.errors import EvalbenchError
+from evalbench.errors import EvalbenchError, MissingSplitError
 from evalbench.features import autocast, extract_features
 from evalbench.metrics import classification_metrics
 from evalbench.models import LazyModel
@@ -32,8 +33,63 @@ from evalbench.zeroshot import build_zeroshot_classifier, zeroshot_scores
 log = logging.getLogger(__name__)
 
 
-def _roles(task: Task, modes: list[str]) -> list[str]:
-    return ["train", "val", "test"] if any(m.startswith("linear_probe") for m in modes) else ["test"]
+# The data roles each mode reads. Few-shot probes (linear_probe@K) read what the full probe reads.
+MODE_ROLES: dict[str, tuple[str, ...]] = {
+    "zeroshot": ("test",),
+    "linear_probe": ("train", "val", "test"),
+    "retrieval": ("test",),
+}
+
+
+def roles_of(mode: str) -> tuple[str, ...]:
+    """The roles (train, val, test) that result key ``mode`` needs, e.g. ``linear_probe@4``."""
+    return MODE_ROLES[mode.split("@")[0]]
+
+
+def _roles(modes: list[str]) -> list[str]:
+    return [r for r in ("train", "val", "test") if any(r in roles_of(m) for m in modes)]
+
+
+@dataclass(frozen=True)
+class SkippedMode:
+    """A (model, task, mode) that was not run because the task's source lacks a split it needs.
+
+    ``split`` is the split the task names, ``available`` the splits the source has (empty when
+    it cannot list them) and ``where`` the folder or dataset that was looked in.
+    """
+
+    model: str
+    task: str
+    mode: str
+    split: str
+    available: tuple[str, ...]
+    where: str
+
+    def __str__(self) -> str:
+        has = ", ".join(self.available) or "none found"
+        return (f"{self.model} / {self.task} / {self.mode} not run: no split '{self.split}' in {self.where} "
+                f"(the source has: {has})")
+
+
+def _skip_missing(model: LazyModel, task: Task, modes: list[str], data: TaskData) -> tuple[list[str], list[SkippedMode]]:
+    """Split ``modes`` into those whose roles all loaded and those skipped for a missing split;
+    log each skip, and drop the views and splits that only the skipped modes needed (so no
+    features are computed for them)."""
+    run, skipped = [], []
+    for mode in modes:
+        lacking = [r for r in roles_of(mode) if r in data.missing]
+        if not lacking:
+            run.append(mode)
+            continue
+        e: MissingSplitError = data.missing[lacking[0]]
+        skip = SkippedMode(model.spec.name, task.name, mode, e.split, tuple(e.available), e.where)
+        log.warning("%s", skip)
+        skipped.append(skip)
+    needed = set(_roles(run))
+    data.views = {r: v for r, v in data.views.items() if r in needed}
+    used = {v.source_split for v in data.views.values()}
+    data.sources = {s: d for s, d in data.sources.items() if s in used}
+    return run, skipped
 
 
 def model_key(model: LazyModel) -> dict:
@@ -200,13 +256,16 @@ def _probe(mode: str, feats: dict, data: TaskData, config: RunConfig, task: Task
     return result
 
 
-def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> dict:
-    """Image-text retrieval metrics on the test split."""
-    data = load_task_data(task, ["test"], config.cache_dir, config.limit, config.seed)
+def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> tuple[dict, list[SkippedMode]]:
+    """Image-text retrieval metrics on the test split, or a skip when the source lacks it."""
+    data = load_task_data(task, ["test"], config.cache_dir, config.limit, config.seed, allow_missing=True)
+    modes, not_run = _skip_missing(model, task, ["retrieval"], data)
+    if not modes:
+        return {}, not_run
     start = time.perf_counter()
     feats, skipped = _features(model, data, config, task)
     if not distributed.is_main():
-        return {}
+        return {}, []
     images, _ = feats["test"]
     view = data.views["test"]
     captions = data.sources[view.source_split].captions
@@ -220,19 +279,24 @@ def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> dict:
         raise EvalbenchError(f"{task.name}: retrieval cannot leave images out; fix the undecodable images")
     result.update(main_score=result[task.spec.main_metric], n=len(images), n_texts=len(texts),
                   duration_s=round(time.perf_counter() - start, 3), data_fingerprint=data.fingerprint)
-    return {"retrieval": result}
+    return {"retrieval": result}, []
 
 
-def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) -> dict:
-    """Results per mode for one (model, task)."""
+def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) -> tuple[dict, list[SkippedMode]]:
+    """Results per mode for one (model, task), and the modes not run because the task's source
+    lacks a split they need (a missing train or val skips the probes, a missing test every
+    mode). Every other error raises."""
     if task.spec.type == "retrieval":
         return run_retrieval(model, task, config)
-    data = load_task_data(task, _roles(task, modes), config.cache_dir, config.limit, config.seed)
+    data = load_task_data(task, _roles(modes), config.cache_dir, config.limit, config.seed, allow_missing=True)
+    modes, not_run = _skip_missing(model, task, modes, data)
+    if not modes:
+        return {}, not_run
     if "zeroshot" in modes and not data.templates:
         raise EvalbenchError(f"{task.path}: templates: missing, and the data ships none (zero-shot needs them)")
     feats, skipped = _features(model, data, config, task)
     if not distributed.is_main():
-        return {}
+        return {}, not_run
     metric = task.spec.main_metric
     results = {}
     if "zeroshot" in modes:
@@ -257,4 +321,4 @@ def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) 
         result["data_fingerprint"] = data.fingerprint
         if skipped:
             result["skipped_images"] = skipped
-    return results
+    return results, not_run

@@ -251,10 +251,6 @@ def _missing_data_folder(folder, images, hf_root):
     return write_task(folder, "nodata", {"source": "imagefolder", "path": str(folder / "absent")})
 
 
-def _split_not_in_data(folder, images, hf_root):
-    return good_task(folder, images, "nosplit", splits={"train": "train", "val": "validation", "test": "test"})
-
-
 def _class_count_mismatch(folder, images, hf_root):
     return good_task(folder, images, "count", classnames=[*CLASSES, "yellow"])
 
@@ -263,10 +259,10 @@ def _hf_names_mismatch(folder, images, hf_root):
     return write_task(folder, "hfnames", {"source": "hf", "path": str(hf_root)}, classnames=["red", "green", "cyan"])
 
 
-# (case, builder, field, words the message must hold)
+# (case, builder, field, words the message must hold). A split the data lacks is not among them:
+# it skips only the modes that need it and exits 1 (tests/test_missing_splits.py).
 DATA_CASES = [
     ("missing-data-folder", _missing_data_folder, "dataset.path", ["absent", "not found"]),
-    ("split-not-in-data", _split_not_in_data, "splits", ["validation"]),
     ("class-count-mismatch", _class_count_mismatch, "classnames", ["4", "3"]),
     ("hf-label-names-mismatch", _hf_names_mismatch, "classnames", ["blue"]),
 ]
@@ -293,7 +289,6 @@ def test_run_data_error_is_one_error_line(
     "case, build",
     [
         pytest.param("missing-data-folder", _missing_data_folder),
-        pytest.param("split-not-in-data", _split_not_in_data),
         ("class-count-mismatch", _class_count_mismatch),
         ("hf-label-names-mismatch", _hf_names_mismatch),
     ],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evalbench.errors import EvalbenchError
+from evalbench.errors import EvalbenchError, MissingSplitError
 from evalbench.sources.base import SourceConfig, SplitData, data_fingerprint
 from evalbench.sources.imagefolder import ImageFiles
 
@@ -32,6 +32,8 @@ class CaptionFolderSource:
     def load_split(self, split: str) -> SplitData:
         path = self.root / self.config.file.replace("{split}", split)
         if not path.is_file():
+            if "{split}" in self.config.file:
+                raise MissingSplitError(split, self._splits(), str(self.root / self.config.file))
             raise EvalbenchError(f"dataset.file: captions file not found: {path}")
         files, captions = [], []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -57,6 +59,15 @@ class CaptionFolderSource:
         labels = [0] * len(files)
         ids = [str(f.relative_to(self.root)) for f in files]
         return SplitData(ImageFiles(files, labels), labels, None, ids, captions)
+
+    def _splits(self) -> list[str]:
+        """The splits whose captions file exists: what ``{split}`` stands for in those names."""
+        head, _, tail = self.config.file.partition("{split}")
+        names = []
+        for f in self.root.glob(self.config.file.replace("{split}", "*")):
+            rel = f.relative_to(self.root).as_posix()
+            names.append(rel[len(head) : len(rel) - len(tail)])
+        return names
 
     def fingerprint(self) -> str:
         return data_fingerprint(f"{self.root}:{self.config.file}", self.root)

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from evalbench.errors import EvalbenchError
+from evalbench.errors import EvalbenchError, MissingSplitError
 from evalbench.sources.base import SourceConfig, SplitData
 from evalbench.sources.imagefolder import ImageFolderConfig, ImageFolderSource
 
@@ -299,6 +299,8 @@ class GeneratedSource:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def load_split(self, split: str) -> SplitData:
+        if split not in self.config.sizes:  # the generator's splits, not whatever folders exist
+            raise MissingSplitError(split, list(self.config.sizes), f"generator {self.config.generator} (dataset.sizes)")
         return self._folder.load_split(split)
 
     def fingerprint(self) -> str:

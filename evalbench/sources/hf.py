@@ -7,11 +7,13 @@ string label column.
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from evalbench.errors import EvalbenchError
+from evalbench.errors import EvalbenchError, MissingSplitError
 from evalbench.hub import is_offline_error
 from evalbench.sources.base import SourceConfig, SplitData, data_fingerprint
 
@@ -60,7 +62,7 @@ class HFSource:
             if self.local is not None and (self.local / "dataset_dict.json").is_file():
                 ds = datasets.load_from_disk(str(self.local))
                 if split not in ds:
-                    raise ValueError(f"Unknown split '{split}'")
+                    raise MissingSplitError(split, list(ds), str(self.local))
                 return ds[split]
             if self.local is not None and (self.local / "state.json").is_file():
                 return datasets.load_from_disk(str(self.local))
@@ -73,9 +75,11 @@ class HFSource:
                 # same for every split, so the test split keeps one cache key across modes.
                 self.resolved = "/".join(Path(table.cache_files[0]["filename"]).parent.parts[-4:])
             return table
+        except MissingSplitError:
+            raise
         except ValueError as e:
             if "split" in str(e).lower():
-                raise EvalbenchError(f"splits: dataset {cfg.path} has no split '{split}' ({e})") from None
+                raise MissingSplitError(split, self._split_names(str(e)), cfg.path) from None
             raise
         except Exception as e:  # noqa: BLE001
             if is_offline_error(e):
@@ -84,6 +88,23 @@ class HFSource:
                     "reached (offline). Run once with network access, or point dataset.path to a local copy."
                 ) from None
             raise
+
+    def _split_names(self, message: str) -> list[str]:
+        """The dataset's split names: from datasets' own "Unknown split" message when it lists
+        them (no second round trip to the hub), else asked of datasets; [] if neither works."""
+        listed = re.search(r"one of (\[.*?\])", message)
+        if listed:
+            try:
+                return [str(s) for s in ast.literal_eval(listed.group(1))]
+            except (ValueError, SyntaxError):
+                pass
+        import datasets
+
+        where = str(self.local) if self.local is not None else self.config.path
+        try:
+            return list(datasets.get_dataset_split_names(where, self.config.name, revision=self.config.revision))
+        except Exception:  # noqa: BLE001 - only a hint for the message; offline, say nothing
+            return []
 
     def load_split(self, split: str) -> SplitData:
         table = self._load(split)

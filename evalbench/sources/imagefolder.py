@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
-from evalbench.errors import EvalbenchError
+from evalbench.errors import EvalbenchError, MissingSplitError
 from evalbench.sources.base import SourceConfig, SplitData, data_fingerprint
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -32,6 +32,11 @@ class ImageFiles(Dataset):
             return img.convert("RGB"), self.labels[i]
 
 
+def split_folders(root: Path) -> list[str]:
+    """The sub-folders of ``root`` (its splits, in the layouts that keep one folder per split)."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 class ImageFolderSource:
     Config = ImageFolderConfig
 
@@ -43,8 +48,7 @@ class ImageFolderSource:
     def _split_dir(self, split: str) -> Path:
         path = self.root / split
         if not path.is_dir():
-            have = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-            raise EvalbenchError(f"splits: no split folder '{split}' in {self.root} (found: {', '.join(have) or 'none'})")
+            raise MissingSplitError(split, split_folders(self.root), str(self.root))
         return path
 
     def load_split(self, split: str) -> SplitData:

@@ -19,8 +19,9 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
-from evalbench.errors import EvalbenchError
+from evalbench.errors import EvalbenchError, MissingSplitError
 from evalbench.sources.base import SourceConfig, SplitData, data_fingerprint
+from evalbench.sources.imagefolder import split_folders
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 HUB_PREFIXES = ("hf://datasets/", "https://huggingface.co/datasets/")
@@ -125,6 +126,8 @@ class WebDatasetSource:
     def _root_for(self, split: str | None) -> Path:
         if self.root is not None:
             return self.root
+        # "*.txt" also matches every SPLIT/nshards.txt, so the snapshot lists every split the
+        # repository has, and a missing split can be reported with the ones that exist.
         patterns = ["*.txt"] + ([f"{split}/*"] if split else [])
         return self._download(patterns)
 
@@ -132,7 +135,7 @@ class WebDatasetSource:
         root = self._root_for(split)
         split_dir = root / split
         if not split_dir.is_dir():
-            raise EvalbenchError(f"splits: no split folder '{split}' in {root}")
+            raise MissingSplitError(split, split_folders(root), self.config.path if self.root is None else str(root))
         nshards = _read_lines(split_dir / "nshards.txt")
         tars = [split_dir / f"{i}.tar" for i in range(int(nshards[0]))] if nshards else sorted(split_dir.glob("*.tar"))
         missing = [t for t in tars if not t.is_file()]
