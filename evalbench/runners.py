@@ -26,6 +26,7 @@ from evalbench.probe import few_shot_probe, linear_probe, make_backend
 from evalbench.probe.sweep import PROTOCOL_VERSION
 from evalbench.records import pack_predictions
 from evalbench.retrieval import encode_texts, retrieval_metrics
+from evalbench.sources.base import SplitData
 from evalbench.tasks.loader import Task
 from evalbench.zeroshot import build_zeroshot_classifier, zeroshot_scores
 
@@ -36,38 +37,44 @@ def _roles(task: Task, modes: list[str]) -> list[str]:
     return ["train", "val", "test"] if any(m.startswith("linear_probe") for m in modes) else ["test"]
 
 
+def split_features(model: LazyModel, split: SplitData, rows: np.ndarray, fingerprint: str, split_name: str,
+                   config: RunConfig, task: Task) -> np.ndarray | None:
+    """Image features of rows ``rows`` (sorted, unique) of one source split, read from the
+    cache when a complete entry exists, else encoded (and cached shard by shard). None on
+    torchrun ranks other than 0, whose share went to rank 0."""
+    cache = FeatureCache(config.cache_dir if config.use_cache else None, config.cache_dtype, config.shard_size)
+    key = {
+        "model": model.fingerprint,
+        "data": fingerprint,
+        "split": split_name,
+        "rows": hashlib.sha256(rows.tobytes()).hexdigest()[:16],
+        "precision": config.precision,
+    }
+    entry = cache.features(key, {"model": model.spec.name, "task": task.name, "split": split_name})
+    if distributed.broadcast(entry is not None and entry.complete()):
+        return entry.load(len(rows)) if distributed.is_main() else None
+    return extract_features(
+        model.get(),
+        Rows(split, rows),
+        batch_size=config.batch_size,
+        workers=config.workers,
+        desc=f"{task.name}/{split_name}",
+        progress=config.progress,
+        entry=entry,
+        precision=config.precision,
+        on_bad_image=config.on_bad_image,
+        shard_size=config.shard_size,
+    )
+
+
 def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> tuple[dict, dict]:
     """(features, labels) per role, and the number of undecodable images left out per role.
     Each source split is encoded once, or read from the cache."""
-    cache = FeatureCache(config.cache_dir if config.use_cache else None, config.cache_dtype, config.shard_size)
     out, skipped = {}, {}
     for split_name, split in data.sources.items():
         views = {role: v for role, v in data.views.items() if v.source_split == split_name}
         rows = np.unique(np.concatenate([v.indices for v in views.values()]))
-        key = {
-            "model": model.fingerprint,
-            "data": data.fingerprint,
-            "split": split_name,
-            "rows": hashlib.sha256(rows.tobytes()).hexdigest()[:16],
-            "precision": config.precision,
-        }
-        entry = cache.features(key, {"model": model.spec.name, "task": task.name, "split": split_name})
-        dataset = Rows(split, rows)
-        if distributed.broadcast(entry is not None and entry.complete()):
-            feats = entry.load(len(rows)) if distributed.is_main() else None
-        else:
-            feats = extract_features(
-                model.get(),
-                dataset,
-                batch_size=config.batch_size,
-                workers=config.workers,
-                desc=f"{task.name}/{split_name}",
-                progress=config.progress,
-                entry=entry,
-                precision=config.precision,
-                on_bad_image=config.on_bad_image,
-                shard_size=config.shard_size,
-            )
+        feats = split_features(model, split, rows, data.fingerprint, split_name, config, task)
         if feats is None:  # a rank other than 0: its share went to rank 0
             continue
         for role, view in views.items():
@@ -123,7 +130,7 @@ def _classifier(model: LazyModel, data: TaskData, config: RunConfig, task: Task)
     return classifier
 
 
-def _text_features(model: LazyModel, texts: list[str], config: RunConfig, task: Task) -> np.ndarray:
+def text_features(model: LazyModel, texts: list[str], config: RunConfig, task: Task) -> np.ndarray:
     """Caption embeddings, from the cache when the same captions were encoded before."""
     cache = FeatureCache(config.cache_dir if config.use_cache else None)
     key = {"model": model.fingerprint, "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
@@ -187,7 +194,7 @@ def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> dict:
     for position, row in enumerate(view.indices):
         texts += captions[row]
         text_image += [position] * len(captions[row])
-    text_feats = _text_features(model, texts, config, task)
+    text_feats = text_features(model, texts, config, task)
     result = retrieval_metrics(images, text_feats, np.asarray(text_image))
     if skipped:
         raise EvalbenchError(f"{task.name}: retrieval cannot leave images out; fix the undecodable images")
@@ -200,6 +207,10 @@ def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) 
     """Results per mode for one (model, task)."""
     if task.spec.type == "retrieval":
         return run_retrieval(model, task, config)
+    if task.spec.type == "matching":
+        from evalbench.matching import run_matching  # matching.py builds on this module's helpers
+
+        return run_matching(model, task, config)
     data = load_task_data(task, _roles(task, modes), config.cache_dir, config.limit, config.seed)
     if "zeroshot" in modes and not data.templates:
         raise EvalbenchError(f"{task.path}: templates: missing, and the data ships none (zero-shot needs them)")
