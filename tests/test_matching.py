@@ -260,6 +260,50 @@ def test_subsets_name_the_parts(layouts, tmp_path):
     assert result["per_subset"]["part-a"]["acc"] == result["per_subset"]["part-b"]["acc"]
 
 
+def test_builtin_tasks_read_local_copies_in_their_hub_layouts(tiny_arch, tmp_path):
+    """sugarcrepe.yaml and aro.yaml, with each subset's path pointed at a local copy in the
+    column layout of its hub dataset (HuggingFaceM4's SugarCrepe_*, gowitheflow's ARO-*)."""
+    import datasets
+
+    from evalbench.tasks.loader import BUILTIN_TASKS_DIR
+
+    rng = np.random.default_rng(3)
+    imgs = [render_shape(rng, "star", "red"), render_shape(rng, "circle", "blue")]
+    right, wrong = ["a red star.", "a blue circle."], ["a blue star.", "a red circle."]
+    sugar = {"image": imgs, "tested_labels": [[r, w] for r, w in zip(right, wrong)], "true_label": [0, 1]}
+    sugar_features = datasets.Features({"image": datasets.Image(),
+                                        "tested_labels": datasets.Sequence(datasets.Value("string")),
+                                        "true_label": datasets.ClassLabel(names=sorted(right))})
+    vg = {"image": imgs, "true_caption": right, "false_caption": wrong, "relation_name": ["on", "in"]}
+    order = {"images": imgs, "correct_caption": right,
+             **{f"hard_text_{k}": [f"{c} {k}" for c in wrong] for k in range(1, 5)}}
+    layouts = {
+        "sugarcrepe": {s: (sugar, sugar_features) for s in ("replace-obj", "replace-att", "replace-rel", "swap-obj",
+                                                            "swap-att", "add-obj", "add-att")},
+        "aro": {"vg-relation": (vg, None), "vg-attribution": (vg, None), "coco-order": (order, None),
+                "flickr-order": (order, None)},
+    }
+    for task, parts in layouts.items():
+        subsets = {}
+        for subset, (rows, features) in parts.items():
+            folder = tmp_path / task / subset
+            datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(str(folder))
+            subsets[subset] = {"path": str(folder)}
+        (tmp_path / f"local-{task}.yaml").write_text(yaml.safe_dump(
+            {"include": str(BUILTIN_TASKS_DIR / f"{task}.yaml"), "name": f"local-{task}", "subsets": subsets}))
+    assert main(["run", "--model", f"tiny={tiny_arch}", "--tasks",
+                 f"{tmp_path / 'local-sugarcrepe.yaml'},{tmp_path / 'local-aro.yaml'}",
+                 "--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"), "--no-progress"]) == 0
+    for task, parts in layouts.items():
+        result = read_record(tmp_path / "r" / "tiny" / f"local-{task}.json")["results"]["zeroshot"]
+        assert {s: v["n"] for s, v in result["per_subset"].items()} == {s: 2 for s in parts}
+        assert result["main_score"] == pytest.approx(np.mean([v["acc"] for v in result["per_subset"].values()]))
+    aro = read_record(tmp_path / "r" / "tiny" / "local-aro.json")["results"]["zeroshot"]
+    # 2 images per part (the same two pictures, in four parts) and every distinct caption once.
+    assert aro["n_images"] == 8 and aro["n_texts"] == len(set(right + wrong) | {f"{c} {k}" for c in wrong
+                                                                                 for k in range(1, 5)})
+
+
 # --- bad input: one line naming the file and the field -----------------------------------------
 
 BAD_LINES = {
