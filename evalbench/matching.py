@@ -7,6 +7,7 @@ through the text cache (keyed by the model and a digest of the caption set), and
 scored by cosine similarity. The result, under the record's ``zeroshot`` mode: the metrics over
 all items, ``per_subset`` (``{subset: {metric: value, n: items}}``) and ``main_score``, the
 macro average over subsets of the main metric. Items without a subset form the subset ``all``.
+``--limit N`` keeps a seeded N items of each part.
 """
 
 from __future__ import annotations
