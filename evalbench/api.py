@@ -72,9 +72,12 @@ def result_keys(config: RunConfig) -> list[str]:
 
 
 def task_keys(task: Task, config: RunConfig) -> list[str]:
-    """Result keys for this task: retrieval tasks have one, ``retrieval``, run with ``zeroshot``."""
+    """Result keys for this task: retrieval tasks have one, ``retrieval``, run with ``zeroshot``;
+    matching tasks have ``zeroshot`` only (there is nothing to probe)."""
     if task.spec.type == "retrieval":
         return ["retrieval"] if "zeroshot" in config.modes else []
+    if task.spec.type == "matching":
+        return ["zeroshot"] if "zeroshot" in config.modes else []
     return result_keys(config)
 
 

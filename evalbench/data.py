@@ -216,7 +216,8 @@ def open_source(task: Task, cache_dir: Path) -> Source:
     return cls(config, task.dir, cache_dir)
 
 
-def _subset(n: int, limit: int | None, seed: int) -> np.ndarray:
+def seeded_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """All of range(n), or a seeded sorted sample of ``limit`` of them (``--limit``)."""
     if limit is None or limit >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
@@ -294,7 +295,7 @@ def _load_task_data(
         if spec.type == "retrieval":
             if data.captions is None:
                 raise EvalbenchError(f"{task.path}: dataset: type retrieval needs captions, and split '{name}' has none")
-            rows = _subset(len(data.captions), limit, seed)
+            rows = seeded_rows(len(data.captions), limit, seed)
             views["test"] = SplitView(name, rows, np.zeros(len(rows), dtype=np.int64), data.ids)
             continue
         flat = [x for y in data.labels for x in y] if spec.type == "multilabel" else data.labels
@@ -302,7 +303,7 @@ def _load_task_data(
         if spec.class_subset:
             mapping = restrict_to_subset(task, mapping, spec.class_subset)
         labels = task_labels(task, data.labels, mapping, len(classnames))
-        rows = _subset(len(labels), limit, seed)
+        rows = seeded_rows(len(labels), limit, seed)
         if "val" in roles and isinstance(val, ValFraction) and name == names["train"]:
             train_rows, val_rows = _split_off(rows, labels[rows], val)
             views["train"] = SplitView(name, train_rows, labels[train_rows], data.ids)

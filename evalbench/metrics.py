@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, top_k_accuracy_score
 
 
@@ -89,3 +90,52 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, main_metric: 
             out["roc_auc"] = roc_auc(y_true, scores)
     out["main_score"] = out[main_metric] if main_metric in out else METRICS[main_metric](y_true, scores)
     return out
+
+
+# Matching tasks (compositionality benchmarks). Per-item outcomes are boolean arrays, so that
+# records keep them for paired statistics; the scores are their means.
+
+
+def caption_choice(scores: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per item (one image against candidate captions): ``(correct, tie)``.
+
+    ``scores`` is (n_items, n_candidates), padded with ``-inf`` where an item has fewer
+    candidates; ``label[i]`` indexes the correct caption. Correct means the correct caption
+    scores strictly above every other candidate, as in SugarCrepe's and ARO's code (a tie is
+    wrong). ``tie`` marks items where the correct caption ties with the best other one."""
+    scores = np.asarray(scores, dtype=np.float64)
+    rows = np.arange(len(scores))
+    right = scores[rows, label]
+    others = scores.copy()
+    others[rows, label] = -np.inf
+    best_other = others.max(axis=1) if scores.shape[1] > 1 else np.full(len(scores), -np.inf)
+    return right > best_other, right == best_other
+
+
+def winoground_outcomes(scores: np.ndarray) -> dict[str, np.ndarray]:
+    """Per 2x2 group, as the Winoground paper (Thrush et al., 2022) defines them.
+
+    ``scores[g, c, i]`` is the similarity of caption c and image i; caption j belongs to image j.
+    ``text_score``: for each image, its caption scores strictly above the other caption.
+    ``image_score``: for each caption, its image scores strictly above the other image.
+    ``group_score``: both."""
+    s = np.asarray(scores, dtype=np.float64)
+    text = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
+    image = (s[:, 0, 0] > s[:, 0, 1]) & (s[:, 1, 1] > s[:, 1, 0])
+    return {"text_score": text, "image_score": image, "group_score": text & image}
+
+
+def per_subset(outcomes: dict[str, np.ndarray], subsets: np.ndarray) -> dict[str, dict]:
+    """``{subset: {metric: mean of its outcomes, ..., "n": items}}``, subsets in sorted order.
+    Boolean outcomes become fractions; integer counts (``ties``) are summed."""
+    frame = pd.DataFrame(outcomes).assign(_subset=np.asarray(subsets))
+    out = {}
+    for name, part in frame.groupby("_subset", sort=True):
+        row = {m: float(part[m].mean()) if part[m].dtype == bool else int(part[m].sum()) for m in outcomes}
+        out[str(name)] = {**row, "n": len(part)}
+    return out
+
+
+def macro_average(subsets: dict[str, dict], metric: str) -> float:
+    """The mean over subsets of each subset's ``metric``: every subset weighs the same."""
+    return float(np.mean([values[metric] for values in subsets.values()]))

@@ -173,3 +173,22 @@ def unpack_predictions(per_sample: dict) -> tuple[np.ndarray, np.ndarray]:
 def unpack_labels(per_sample: dict) -> np.ndarray | None:
     """The true classes stored by :func:`pack_predictions` (None in records that predate them)."""
     return _unpack(per_sample["label"], np.int32).astype(np.int64) if "label" in per_sample else None
+
+
+def pack_matching(correct: np.ndarray, subset_ids: np.ndarray, subsets: list[str]) -> dict:
+    """Per-item outcomes of a matching task, compactly: ``correct`` (bits) for the task's main
+    metric, and each item's subset as an index into ``subsets`` (int32), in item order."""
+    correct = np.asarray(correct, dtype=bool)
+    return {"n": len(correct), "correct": _pack(np.packbits(correct)),
+            "subset": _pack(np.asarray(subset_ids).astype(np.int32)), "subsets": list(subsets)}
+
+
+def unpack_correct(per_sample: dict) -> np.ndarray:
+    """Correct per test image or item, as bool, from either :func:`pack_predictions` or
+    :func:`pack_matching`."""
+    return np.unpackbits(_unpack(per_sample["correct"], np.uint8))[: per_sample["n"]].astype(bool)
+
+
+def unpack_subsets(per_sample: dict) -> np.ndarray | None:
+    """Each item's subset index from :func:`pack_matching` (None for classification samples)."""
+    return _unpack(per_sample["subset"], np.int32).astype(np.int64) if "subset" in per_sample else None

@@ -27,6 +27,7 @@ from evalbench.probe import few_shot_probe, linear_probe, make_backend
 from evalbench.probe.sweep import PROTOCOL_VERSION
 from evalbench.records import pack_predictions
 from evalbench.retrieval import encode_texts, retrieval_metrics
+from evalbench.sources.base import SplitData
 from evalbench.tasks.loader import Task
 from evalbench.zeroshot import build_zeroshot_classifier, zeroshot_scores
 
@@ -116,36 +117,42 @@ def classifier_key(model: LazyModel, classnames: list[str], templates: list[str]
     return {**model_key(model), "classnames": classnames, "templates": templates, "precision": precision}
 
 
+def split_features(model: LazyModel, split: SplitData, rows: np.ndarray, fingerprint: str, split_name: str,
+                   config: RunConfig, task: Task) -> np.ndarray | None:
+    """Image features of rows ``rows`` (sorted, unique) of one source split, read from the
+    cache when a complete entry exists, else encoded (and cached shard by shard). None on
+    torchrun ranks other than 0, whose share went to rank 0."""
+    cache = FeatureCache(config.cache_dir if config.use_cache else None, config.cache_dtype, config.shard_size)
+    meta = {"model": model.spec.name, "task": task.name, "split": split_name}
+    entry = cache.features(feature_key(model, fingerprint, split_name, rows, config.precision), meta)
+    if distributed.broadcast(entry is not None and entry.complete()):
+        return entry.load(len(rows)) if distributed.is_main() else None
+    model.get()
+    # Keyed again once loaded: loading may resolve the weights anew (a hub commit just
+    # downloaded), and the features must be filed under what was actually loaded.
+    entry = cache.features(feature_key(model, fingerprint, split_name, rows, config.precision), meta)
+    return extract_features(
+        model.get(),
+        Rows(split, rows),
+        batch_size=config.batch_size,
+        workers=config.workers,
+        desc=f"{task.name}/{split_name}",
+        progress=config.progress,
+        entry=entry,
+        precision=config.precision,
+        on_bad_image=config.on_bad_image,
+        shard_size=config.shard_size,
+    )
+
+
 def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> tuple[dict, dict]:
     """(features, labels) per role, and the number of undecodable images left out per role.
     Each source split is encoded once, or read from the cache."""
-    cache = FeatureCache(config.cache_dir if config.use_cache else None, config.cache_dtype, config.shard_size)
     out, skipped = {}, {}
     for split_name, split in data.sources.items():
         views = {role: v for role, v in data.views.items() if v.source_split == split_name}
         rows = np.unique(np.concatenate([v.indices for v in views.values()]))
-        meta = {"model": model.spec.name, "task": task.name, "split": split_name}
-        entry = cache.features(feature_key(model, data.fingerprint, split_name, rows, config.precision), meta)
-        dataset = Rows(split, rows)
-        if distributed.broadcast(entry is not None and entry.complete()):
-            feats = entry.load(len(rows)) if distributed.is_main() else None
-        else:
-            model.get()
-            # Keyed again once loaded: loading may resolve the weights anew (a hub commit just
-            # downloaded), and the features must be filed under what was actually loaded.
-            entry = cache.features(feature_key(model, data.fingerprint, split_name, rows, config.precision), meta)
-            feats = extract_features(
-                model.get(),
-                dataset,
-                batch_size=config.batch_size,
-                workers=config.workers,
-                desc=f"{task.name}/{split_name}",
-                progress=config.progress,
-                entry=entry,
-                precision=config.precision,
-                on_bad_image=config.on_bad_image,
-                shard_size=config.shard_size,
-            )
+        feats = split_features(model, split, rows, data.fingerprint, split_name, config, task)
         if feats is None:  # a rank other than 0: its share went to rank 0
             continue
         for role, view in views.items():
@@ -203,7 +210,7 @@ def _classifier(model: LazyModel, data: TaskData, config: RunConfig, task: Task)
     return classifier
 
 
-def _text_features(model: LazyModel, texts: list[str], config: RunConfig, task: Task) -> np.ndarray:
+def text_features(model: LazyModel, texts: list[str], config: RunConfig, task: Task) -> np.ndarray:
     """Caption embeddings, from the cache when the same captions were encoded before."""
     cache = FeatureCache(config.cache_dir if config.use_cache else None)
     texts_digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
@@ -273,7 +280,7 @@ def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> tuple[dict
     for position, row in enumerate(view.indices):
         texts += captions[row]
         text_image += [position] * len(captions[row])
-    text_feats = _text_features(model, texts, config, task)
+    text_feats = text_features(model, texts, config, task)
     result = retrieval_metrics(images, text_feats, np.asarray(text_image))
     if skipped:
         raise EvalbenchError(f"{task.name}: retrieval cannot leave images out; fix the undecodable images")
@@ -288,6 +295,15 @@ def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) 
     mode). Every other error raises."""
     if task.spec.type == "retrieval":
         return run_retrieval(model, task, config)
+    if task.spec.type == "matching":
+        from evalbench.matching import run_matching  # matching.py builds on this module's helpers
+
+        try:
+            return run_matching(model, task, config), []
+        except MissingSplitError as e:
+            skip = SkippedMode(model.spec.name, task.name, "zeroshot", e.split, tuple(e.available), e.where)
+            log.warning("%s", skip)
+            return {}, [skip]
     data = load_task_data(task, _roles(modes), config.cache_dir, config.limit, config.seed, allow_missing=True)
     modes, not_run = _skip_missing(model, task, modes, data)
     if not modes:

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from evalbench.data import normalise_name
+from evalbench.matching import task_parts
 from evalbench.tasks.loader import BUILTIN_TASKS_DIR, TaskRegistry
+from evalbench.tasks.spec import MATCHING_METRICS
 
 REGISTRY = TaskRegistry()
 NAMES = REGISTRY.names()
@@ -53,7 +55,7 @@ IMAGENET_DUPLICATES = {"missile": [657, 744], "sunglasses": [836, 837]}
 UNPINNED = {
     "food101", "cifar10", "cifar100", "sun397", "cars", "fgvc-aircraft", "dtd", "caltech101",
     "flowers102", "mnist", "stl10", "resisc45", "kitti-distance", "eurosat", "voc2007",
-    "flickr30k", "mscoco-5k",
+    "flickr30k", "mscoco-5k", "sugarcrepe", "winoground",
 }
 SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -87,6 +89,10 @@ def test_task_is_well_formed(name):
         assert spec.classnames is None and spec.templates is None, "retrieval tasks take captions from the data"
         assert spec.main_metric == "mean_recall@1"
         return
+    if spec.type == "matching":
+        assert spec.classnames is None and spec.templates is None, "matching tasks take captions from the data"
+        assert spec.main_metric in MATCHING_METRICS
+        return
     assert spec.templates, "every task names its own templates"
     assert all("{c}" in t for t in spec.templates)
     assert len(set(spec.templates)) == len(spec.templates), "repeated template"
@@ -106,15 +112,15 @@ def test_task_is_well_formed(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_hub_sources_have_a_revision(name):
-    ds = _task(name).spec.dataset
-    on_hub = ds["source"] == "hf" or (ds["source"] == "webdataset" and str(ds["path"]).startswith("hf://"))
-    if not on_hub:
-        return
-    assert ds.get("revision"), "hub source without a revision"
-    if name in UNPINNED:
-        assert ds["revision"] == "main"
-    else:
-        assert SHA.match(ds["revision"]), f"revision {ds['revision']!r} is not a commit sha"
+    for _, ds in task_parts(_task(name)):  # the dataset, or each subset's merged over it
+        on_hub = ds["source"] == "hf" or (ds["source"] == "webdataset" and str(ds["path"]).startswith("hf://"))
+        if not on_hub:
+            continue
+        assert ds.get("revision"), "hub source without a revision"
+        if name in UNPINNED:
+            assert ds["revision"] == "main"
+        else:
+            assert SHA.match(ds["revision"]), f"revision {ds['revision']!r} is not a commit sha"
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_COUNTS))
@@ -262,6 +268,38 @@ def test_clip_orders_differ_from_data_orders():
     assert _task("eurosat").spec.classnames[0] == "forest"
     assert _task("clevr-count").spec.classnames[0] == "10"
     assert _task("pets").spec.classnames[12] == "american bulldog"
+
+
+# ---- compositionality benchmarks (matching tasks) -----------------------------------------------
+
+# Subsets as the publications name them: SugarCrepe's Table 2 (replace/swap/add x obj/att/rel),
+# ARO's four datasets; the hub copies each subset reads, and the commits MTEB pins for ARO.
+SUGARCREPE_PARTS = {
+    "replace-obj": "HuggingFaceM4/SugarCrepe_replace_obj", "replace-att": "HuggingFaceM4/SugarCrepe_replace_att",
+    "replace-rel": "HuggingFaceM4/SugarCrepe_replace_rel", "swap-obj": "HuggingFaceM4/SugarCrepe_swap_obj",
+    "swap-att": "HuggingFaceM4/SugarCrepe_swap_att", "add-obj": "HuggingFaceM4/SugarCrepe_add_obj",
+    "add-att": "HuggingFaceM4/SugarCrepe_add_att",
+}
+ARO_PARTS = {
+    "vg-relation": ("gowitheflow/ARO-Visual-Relation", "3867ad4f46a1ac2e63be034d1fc77dd8c2ef7209"),
+    "vg-attribution": ("gowitheflow/ARO-Visual-Attribution", "18f7e01358d91df599d723f00e16a18640e19398"),
+    "coco-order": ("gowitheflow/ARO-COCO-order", "853ec8757226585a38a80886c51fe0f3f268787c"),
+    "flickr-order": ("gowitheflow/ARO-Flickr-Order", "1f9485f69c87947812378a1aedf86410c86a0aa8"),
+}
+
+
+def test_compositionality_tasks_as_published():
+    sugar = dict(task_parts(_task("sugarcrepe")))
+    assert {k: v["path"] for k, v in sugar.items()} == SUGARCREPE_PARTS
+    assert all(v["caption_column"] == "tested_labels" and v["label_column"] is None for v in sugar.values())
+    aro = dict(task_parts(_task("aro")))
+    assert {k: (v["path"], v["revision"]) for k, v in aro.items()} == ARO_PARTS
+    assert len(aro["coco-order"]["caption_columns"]) == 5 and len(aro["vg-relation"]["caption_columns"]) == 2
+    wino = _task("winoground").spec
+    assert wino.unavailable and wino.main_metric == "group_score" and wino.subsets is None
+    assert wino.dataset["image_columns"] == ["image_0", "image_1"]
+    assert wino.dataset["caption_columns"] == ["caption_0", "caption_1"]
+    assert set(SUITES["compositionality"].tasks) == {"sugarcrepe", "winoground", "aro"}
 
 
 # ---- suites -----------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ def doc_blocks() -> dict[str, str]:
     return {name: body for name, body in blocks}
 
 
-def test_the_doc_has_the_three_layouts_and_retrieval():
+def test_the_doc_has_the_three_layouts_retrieval_and_matching():
     sources = {re.search(r"source: (\w+)", body).group(1) for body in doc_blocks().values()}
-    assert sources == {"imagefolder", "hf", "webdataset", "captionfolder"}
+    assert sources == {"imagefolder", "hf", "webdataset", "captionfolder", "jsonl"}
 
 
 @pytest.fixture
@@ -45,6 +45,15 @@ def doc_tasks(tmp_path):
         for i, colour in enumerate(COLOURS):
             make_image(colour, rng).save(captions / f"{i}.png")
             f.write(json.dumps({"image": f"{i}.png", "captions": [f"a {colour} square"]}) + "\n")
+    matching = tmp_path / "my-hard-negatives"
+    matching.mkdir()
+    with open(matching / "test.jsonl", "w") as f:
+        for i, colour in enumerate(COLOURS):
+            other = list(COLOURS)[(i + 1) % len(COLOURS)]
+            make_image(colour, rng).save(matching / f"{i}.png")
+            item = {"image": f"{i}.png", "captions": [f"a {other} square", f"a {colour} square"], "label": 1,
+                    "subset": "colour"}
+            f.write(json.dumps(item) + "\n")
     return tmp_path
 
 
@@ -54,7 +63,7 @@ def test_every_doc_example_validates(doc_tasks, capsys):
 
 def test_local_doc_examples_run(doc_tasks, tiny_arch, tmp_path):
     rc = main(["run", "--model", f"tiny={tiny_arch}", "--tasks",
-               f"{doc_tasks / 'my-pets.yaml'},{doc_tasks / 'my-captions.yaml'}",
+               f"{doc_tasks / 'my-pets.yaml'},{doc_tasks / 'my-captions.yaml'},{doc_tasks / 'my-hard-negatives.yaml'}",
                "--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"), "--no-progress"])
     assert rc == 0
     pets = read_record(tmp_path / "r" / "tiny" / "my-pets.json")["results"]
@@ -62,3 +71,5 @@ def test_local_doc_examples_run(doc_tasks, tiny_arch, tmp_path):
     assert pets["zeroshot"]["n"] == 12
     captions = read_record(tmp_path / "r" / "tiny" / "my-captions.json")["results"]
     assert captions["retrieval"]["n"] == 3
+    matching = read_record(tmp_path / "r" / "tiny" / "my-hard-negatives.json")["results"]
+    assert set(matching) == {"zeroshot"} and matching["zeroshot"]["per_subset"]["colour"]["n"] == 3

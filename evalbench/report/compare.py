@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from evalbench.errors import EvalbenchError
-from evalbench.records import unpack_labels, unpack_predictions
+from evalbench.records import unpack_correct, unpack_labels, unpack_predictions, unpack_subsets
 from evalbench.report.stats import (
     DEFAULT_LEVEL,
     DEFAULT_RESAMPLES,
@@ -23,6 +23,9 @@ DELTA_COLUMNS = [
     "mode", "task", "model", "baseline", "metric", "n", "score", "baseline_score",
     "delta", "ci_low", "ci_high", "p_value", "test", "significant", "note",
 ]
+# Main metrics of matching tasks: per-item outcomes are stored, and the main score is their
+# macro average over subsets (see evalbench.matching).
+MATCHING_METRICS = ("acc", "text_score", "image_score", "group_score")
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,16 @@ def _compare(base: dict, other: dict, metric: str, labels_of, options: CompareOp
     if "per_sample" not in base or "per_sample" not in other:
         out["note"] = "no per-sample predictions (k-shot means over seeds, multi-label tasks)"
         return out
-    _, correct_a = unpack_predictions(base["per_sample"])
-    _, correct_b = unpack_predictions(other["per_sample"])
+    correct_a = unpack_correct(base["per_sample"])
+    correct_b = unpack_correct(other["per_sample"])
     out["n"] = len(correct_a)
     if metric == "acc1":
         groups = None
+    elif metric in MATCHING_METRICS:
+        # Resampling items within (subset, a right, b right) cells and averaging per subset
+        # gives the interval of the macro average; one subset is plain accuracy (McNemar).
+        subsets = unpack_subsets(base["per_sample"])
+        groups = subsets if subsets is not None and len(np.unique(subsets)) > 1 else None
     elif metric == "mean_per_class_recall":
         groups = labels_of()
         if groups is None:
@@ -128,8 +136,9 @@ def baseline_deltas(records: list[dict], baseline: str, options: CompareOptions 
     acc1 only) and ``significant`` (True/False; None without a test), with a ``note`` saying why
     not where there is none.
 
-    Significance: the exact McNemar test (p < alpha) when the main metric is acc1; for
-    mean_per_class_recall, the bootstrap interval excluding 0. Other metrics get a delta and a note.
+    Significance: the exact McNemar test (p < alpha) when the main metric is acc1, or a
+    matching task's metric with one subset; for mean_per_class_recall and a matching task's
+    macro average over several subsets, the bootstrap interval excluding 0. Other metrics get a delta and a note.
     Raises EvalbenchError if ``baseline`` names no model, or a task's per-sample lengths differ.
     """
     options = options or CompareOptions()

@@ -22,16 +22,28 @@ def mode_label(mode: str) -> str:
     return mode.replace("linear_probe@", "lp@")
 
 
+def _metrics(result: dict):
+    """(metric, value) for every float of one mode's result; a matching task's ``per_subset``
+    results as ``SUBSET/METRIC``."""
+    for metric, value in result.items():
+        if isinstance(value, float) and metric not in NOT_METRICS:
+            yield metric, value
+    for subset, values in (result.get("per_subset") or {}).items():
+        for metric, value in values.items():
+            if isinstance(value, float):
+                yield f"{subset}/{metric}", value
+
+
 def long_table(records: list[dict]) -> pd.DataFrame:
     """One row per (model, task, mode, metric) with the metric's value (a fraction): every float
-    in a record's results (acc1, main_score, a k-shot probe's ``*_std``, retrieval recalls), not
-    counts, durations or the probe's C."""
+    in a record's results (acc1, main_score, a k-shot probe's ``*_std``, retrieval recalls, a
+    matching task's per-subset scores as ``SUBSET/METRIC``), not counts, durations or the
+    probe's C."""
     rows = [
         {"model": r["model"]["name"], "task": r["task"]["name"], "mode": mode, "metric": metric, "value": value}
         for r in records
-        for mode, metrics in r.get("results", {}).items()
-        for metric, value in metrics.items()
-        if isinstance(value, float) and metric not in NOT_METRICS
+        for mode, result in r.get("results", {}).items()
+        for metric, value in _metrics(result)
     ]
     return pd.DataFrame(rows, columns=["model", "task", "mode", "metric", "value"])
 

@@ -38,7 +38,8 @@ def significance_legend(report: Report) -> str:
     return (
         f"delta in points against {report.baseline}; [low, high]: {o.level:.0%} paired percentile bootstrap "
         f"interval over test images ({o.resamples} resamples, seed {o.seed}); *: significant at "
-        f"{o.alpha:g} (exact McNemar test for acc1, the interval excluding 0 for mean_per_class_recall)"
+        f"{o.alpha:g} (exact McNemar test for acc1 and single-subset matching tasks, the interval excluding 0 "
+        "for mean_per_class_recall and macro averages over subsets)"
     )
 
 
@@ -200,7 +201,9 @@ def report_dict(report: Report) -> dict:
         "baseline": report.baseline,
         "statistics": {"interval": "paired percentile bootstrap over test images", "level": o.level,
                        "resamples": o.resamples, "seed": o.seed, "alpha": o.alpha,
-                       "significance": {"acc1": "exact McNemar", "mean_per_class_recall": "interval excludes 0"}},
+                       "significance": {"acc1": "exact McNemar", "mean_per_class_recall": "interval excludes 0",
+                                        "matching (one subset)": "exact McNemar",
+                                        "matching (macro over subsets)": "interval excludes 0"}},
         "modes": modes,
         **({"published": published_json(report.published, report.published_tolerance)}
            if report.published is not None else {}),

@@ -36,6 +36,8 @@ class SplitData:
     ``label_names`` is None when the data carries only integer labels. ``ids`` are stable
     per-sample identifiers (file paths, hub row keys) used for leak checks, or None.
     For retrieval data, ``captions[i]`` lists the captions of image i (labels are then unused).
+    For matching data (:meth:`Source.load_matching`), ``items`` are the test items and
+    ``dataset`` holds their images, each once.
     """
 
     dataset: Dataset
@@ -43,6 +45,48 @@ class SplitData:
     label_names: list[str] | None
     ids: list[str] | None = None
     captions: list[list[str]] | None = None
+    items: list["MatchItem"] | None = None
+
+
+@dataclass(frozen=True)
+class MatchItem:
+    """One item of a matching task (compositionality benchmarks).
+
+    ``images`` are rows of the split's ``dataset``. With one image, ``captions`` are its
+    candidates and ``label`` indexes the correct one (SugarCrepe, ARO). With two images, it is a
+    Winoground group: two captions, image j matching caption j, and no ``label``. ``subset``
+    names the part of the benchmark the item belongs to (None: the task has no parts).
+    """
+
+    images: tuple[int, ...]
+    captions: tuple[str, ...]
+    label: int | None
+    subset: str | None = None
+
+
+def check_item(images: list, captions, label, where: str) -> None:
+    """EvalbenchError naming ``where`` (file and line, or dataset and row) and the field at
+    fault if an item is malformed: no candidate captions, a correct index out of range, a group
+    that is not two images with two captions."""
+    if not isinstance(captions, (list, tuple)) or not captions:
+        raise EvalbenchError(f"{where}: captions: the item has no candidate captions")
+    if not all(isinstance(c, str) and c for c in captions):
+        raise EvalbenchError(f"{where}: captions: expected a list of non-empty strings")
+    if len(images) >= 2:
+        if len(images) != 2 or len(captions) != 2:
+            raise EvalbenchError(
+                f"{where}: images: a Winoground group is 2 images and 2 captions, "
+                f"got {len(images)} images and {len(captions)} captions"
+            )
+        return
+    if not images:
+        raise EvalbenchError(f"{where}: image: the item has no image")
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise EvalbenchError(f"{where}: label: expected the index of the correct caption, got {label!r}")
+    if not 0 <= label < len(captions):
+        raise EvalbenchError(f"{where}: label: index {label} outside the {len(captions)} candidate captions")
+    if len(captions) < 2:
+        raise EvalbenchError(f"{where}: captions: one caption is no choice; an item needs at least 2 candidates")
 
 
 class Source(Protocol):
@@ -61,6 +105,9 @@ class Source(Protocol):
 
     def templates(self) -> list[str] | None:
         """Prompt templates shipped with the data, else None."""
+
+    # Optional: sources that can hold matching items (``type: matching``) also implement
+    # ``load_matching(split) -> SplitData`` returning ``items``; see :class:`MatchItem`.
 
 
 def data_fingerprint(identity: str, folder: Path | None = None) -> str:
@@ -81,6 +128,7 @@ SOURCES: dict[str, str] = {
     "webdataset": "evalbench.sources.webdataset:WebDatasetSource",
     "generated": "evalbench.sources.generated:GeneratedSource",
     "captionfolder": "evalbench.sources.captionfolder:CaptionFolderSource",
+    "jsonl": "evalbench.sources.jsonl:JsonlSource",
 }
 # Installed packages add source kinds under this entry-point group: ``KIND = pkg.module:Class``,
 # a class like the built-in ones (a pydantic ``Config`` deriving from SourceConfig, ``load_split``,

@@ -11,11 +11,12 @@ import ast
 import re
 from pathlib import Path
 
+from pydantic import Field
 from torch.utils.data import Dataset
 
 from evalbench.errors import EvalbenchError, MissingSplitError
 from evalbench.hub import is_offline_error
-from evalbench.sources.base import SourceConfig, SplitData, data_fingerprint
+from evalbench.sources.base import MatchItem, SourceConfig, SplitData, check_item, data_fingerprint
 
 
 class HFConfig(SourceConfig):
@@ -26,6 +27,13 @@ class HFConfig(SourceConfig):
     label_column: str | None = "label"
     caption_column: str | None = None  # retrieval: a list of captions per image
     id_column: str | None = None
+    # Matching tasks: the candidates are the list in ``caption_column`` or one column each in
+    # ``caption_columns``; ``label_column`` holds the index of the correct one, and with
+    # ``label_column: null`` the first candidate is the correct one. ``image_columns`` names
+    # the two images of a Winoground group (image j matches caption j).
+    image_columns: list[str] | None = Field(default=None, min_length=2, max_length=2)
+    caption_columns: list[str] | None = Field(default=None, min_length=2)
+    subset_column: str | None = None
 
 
 class HFImages(Dataset):
@@ -41,6 +49,19 @@ class HFImages(Dataset):
         return self.table[i][self.image_column].convert("RGB"), self.labels[i]
 
 
+class HFItemImages(Dataset):
+    """The images of matching items: row ``i // k``, column ``columns[i % k]``."""
+
+    def __init__(self, table, columns: list[str]):
+        self.table = table.select_columns(columns)
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.table) * len(self.columns)
+
+    def __getitem__(self, i: int):
+        row, j = divmod(i, len(self.columns))
+        return self.table[row][self.columns[j]].convert("RGB"), 0
 
 
 class HFSource:
@@ -136,6 +157,42 @@ class HFSource:
         else:
             names, labels = None, [int(v) for v in raw]
         return SplitData(HFImages(table, cfg.image_column, labels), labels, names, ids)
+
+    def load_matching(self, split: str) -> SplitData:
+        """Matching items, one per row, from the columns the config names; EvalbenchError
+        naming the dataset, row and field of the first malformed item."""
+        table = self._load(split)
+        cfg = self.config
+        image_columns = cfg.image_columns or [cfg.image_column]
+        if cfg.caption_columns is None and cfg.caption_column is None:
+            raise EvalbenchError("dataset.caption_columns: matching data needs caption_columns or caption_column")
+        group = len(image_columns) == 2
+        label_column = None if group else cfg.label_column  # in a group, image j matches caption j
+        wanted = [*image_columns, *(cfg.caption_columns or [cfg.caption_column]), label_column,
+                  cfg.subset_column, cfg.id_column]
+        for column in wanted:
+            if column and column not in table.column_names:
+                hint = " (label_column: null if the first candidate is the correct one)" if column == label_column else ""
+                raise EvalbenchError(
+                    f"dataset: column '{column}' not in {cfg.path} (columns: {', '.join(table.column_names)}){hint}"
+                )
+        if cfg.caption_columns:
+            captions = list(zip(*(table[c] for c in cfg.caption_columns)))
+        else:
+            captions = [[c] if isinstance(c, str) else c for c in table[cfg.caption_column]]
+        labels = table[label_column] if label_column else [0] * len(captions)
+        subsets = table[cfg.subset_column] if cfg.subset_column else [None] * len(captions)
+        k = len(image_columns)
+        items = []
+        for row, (caps, label, subset) in enumerate(zip(captions, labels, subsets)):
+            check_item(image_columns, list(caps) if caps is not None else None, label, f"{cfg.path}: row {row}")
+            images = tuple(range(row * k, row * k + k))
+            items.append(MatchItem(images, tuple(caps), None if group else int(label),
+                                   None if subset is None else str(subset)))
+        ids = None
+        if cfg.id_column:
+            ids = [f"{v}/{j}" for v in table[cfg.id_column] for j in range(k)]
+        return SplitData(HFItemImages(table, image_columns), [0] * (len(items) * k), None, ids, items=items)
 
     def fingerprint(self) -> str:
         """Hub data also hashes the folder ``datasets`` resolved it to, so a branch such as

@@ -3,7 +3,10 @@
 Layout: ``SPLIT/nshards.txt`` and ``SPLIT/0.tar ...`` whose members are ``KEY.{png,jpg,jpeg,webp}``
 plus ``KEY.cls`` (an integer label); ``classnames.txt`` and
 ``zeroshot_classification_templates.txt`` at the root. Retrieval data (``dataset_type.txt`` at the
-root says ``retrieval``) has ``KEY.txt`` members instead, one caption per line. ``path`` is a local folder or a hub
+root says ``retrieval``) has ``KEY.txt`` members instead, one caption per line. Matching data
+(``type: matching`` tasks) has ``KEY.json`` members holding an item as in the jsonl source
+(``captions``, ``label``, optional ``subset``) with the image in ``KEY.jpg``, or the two images
+of a Winoground group in ``KEY.0.jpg`` and ``KEY.1.jpg``. ``path`` is a local folder or a hub
 dataset (``hf://datasets/ORG/NAME`` or ``https://huggingface.co/datasets/ORG/NAME``), which is
 downloaded once into the Hugging Face cache. Members are indexed once so that images are read by
 seeking, in any order, from any DataLoader worker.
@@ -12,6 +15,7 @@ seeking, in any order, from any DataLoader worker.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -20,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from evalbench.errors import EvalbenchError, MissingSplitError
-from evalbench.sources.base import SourceConfig, SplitData, data_fingerprint
+from evalbench.sources.base import MatchItem, SourceConfig, SplitData, check_item, data_fingerprint
 from evalbench.sources.imagefolder import split_folders
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
@@ -84,6 +88,30 @@ def index_tar(tar_path: Path) -> list[tuple[str, tuple[str, int, int] | None, in
                 text = tar.extractfile(member).read().decode("utf-8")
                 sample["target"] = [line.strip() for line in text.splitlines() if line.strip()]
     return [(k, s.get("image"), s.get("target")) for k, s in samples.items()]
+
+
+def index_matching_tar(tar_path: Path) -> list[tuple[str, list[tuple[str, int, int]], dict | None]]:
+    """(key, image entries in order, parsed ``KEY.json``) per sample of one shard of matching
+    data: images are ``KEY.EXT`` or ``KEY.0.EXT``, ``KEY.1.EXT``."""
+    samples: dict[str, dict] = {}
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            folder, _, name = member.name.rpartition("/")
+            parts = name.split(".")
+            ext = parts[-1].lower()
+            index = int(parts[-2]) if len(parts) > 2 and parts[-2].isdigit() else 0
+            stem = ".".join(parts[:-2] if len(parts) > 2 and parts[-2].isdigit() else parts[:-1])
+            sample = samples.setdefault(f"{folder}/{stem}" if folder else stem, {"images": {}})
+            if ext in IMAGE_EXTS:
+                sample["images"][index] = (str(tar_path), member.offset_data, member.size)
+            elif ext == "json":
+                try:
+                    sample["item"] = json.loads(tar.extractfile(member).read().decode("utf-8"))
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise EvalbenchError(f"dataset.path: {tar_path}: {member.name}: not valid JSON ({e})") from None
+    return [(k, [s["images"][i] for i in sorted(s["images"])], s.get("item")) for k, s in samples.items()]
 
 
 class WebDatasetSource:
@@ -155,6 +183,36 @@ class WebDatasetSource:
             labels = [0] * len(entries)
             return SplitData(TarImages(entries, labels), labels, None, ids, targets)
         return SplitData(TarImages(entries, targets), targets, self.classnames(), ids)
+
+    def load_matching(self, split: str) -> SplitData:
+        """Matching items, one per ``KEY.json``; EvalbenchError naming the shard and key of the
+        first malformed item."""
+        root = self._root_for(split)
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise EvalbenchError(f"splits: no split folder '{split}' in {root}")
+        nshards = _read_lines(split_dir / "nshards.txt")
+        tars = [split_dir / f"{i}.tar" for i in range(int(nshards[0]))] if nshards else sorted(split_dir.glob("*.tar"))
+        missing = [t for t in tars if not t.is_file()]
+        if missing or not tars:
+            raise EvalbenchError(f"dataset.path: shard {missing[0] if missing else split_dir / '0.tar'} not found")
+        entries, ids, items = [], [], []
+        for tar_path in tars:
+            for key, images, item in index_matching_tar(tar_path):
+                where = f"{tar_path}: sample '{key}'"
+                if not isinstance(item, dict):
+                    raise EvalbenchError(f"{where}: no {key}.json member holding the item")
+                check_item(images, item.get("captions"), item.get("label"), where)
+                subset = item.get("subset")
+                rows = tuple(range(len(entries), len(entries) + len(images)))
+                entries += images
+                ids += [f"{split}/{key}/{j}" for j in range(len(images))]
+                label = item.get("label") if len(images) == 1 else None
+                items.append(MatchItem(rows, tuple(item["captions"]), label, None if subset is None else str(subset)))
+        if not items:
+            raise EvalbenchError(f"dataset.path: no matching items in {split_dir}")
+        labels = [0] * len(entries)
+        return SplitData(TarImages(entries, labels), labels, None, ids, items=items)
 
     def fingerprint(self) -> str:
         """For hub data, the commit that was downloaded stands in for a branch name such as

@@ -163,6 +163,15 @@ def load_task_file(path: str | Path) -> Task:
         problems += _pydantic_problems(path, e)
     if "dataset" in resolved:
         problems += validate_dataset(path, resolved["dataset"])
+        subsets = resolved.get("subsets")
+        if isinstance(subsets, dict) and isinstance(resolved["dataset"], dict):
+            for name, override in subsets.items():
+                if not isinstance(override, dict):
+                    problems.append(f"{path}: subsets.{name}: expected a mapping of dataset keys")
+                    continue
+                merged = deep_merge(resolved["dataset"], override)
+                problems += [p.replace(": dataset.", f": subsets.{name}.", 1)
+                             for p in validate_dataset(path, merged)]
     if problems:
         raise TaskFileError(problems)
     digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]

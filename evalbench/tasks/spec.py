@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -10,13 +11,17 @@ RETRIEVAL_METRICS = (
     "mean_recall@1",
     *(f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)),
 )
+# Matching tasks (compositionality): ``acc`` for one image against candidate captions, the
+# Winoground scores for 2x2 groups. See evalbench.metrics.
+MATCHING_METRICS = ("acc", "text_score", "image_score", "group_score")
 MainMetric = Literal[
     "acc1", "acc5", "mean_per_class_recall", "map_11pt", "roc_auc",
+    "acc", "text_score", "image_score", "group_score",
     "mean_recall@1",
     "image_retrieval_recall@1", "image_retrieval_recall@5", "image_retrieval_recall@10",
     "text_retrieval_recall@1", "text_retrieval_recall@5", "text_retrieval_recall@10",
 ]
-TaskType = Literal["classification", "multilabel", "retrieval"]
+TaskType = Literal["classification", "multilabel", "retrieval", "matching"]
 
 
 class _Strict(BaseModel):
@@ -65,7 +70,11 @@ class TaskSpec(_Strict):
     label_match: Literal["name", "index"] = "name"
     class_subset: list[int] | None = Field(default=None, min_length=2)  # indices into classnames
     templates: list[str] | None = Field(default=None, min_length=1)
-    main_metric: MainMetric | None = None  # default: acc1, or mean_recall@1 for retrieval
+    main_metric: MainMetric | None = None  # default: acc1, mean_recall@1 for retrieval, acc for matching
+    # Matching tasks only: subset name -> keys merged over ``dataset`` (e.g. another path and
+    # revision), for benchmarks published as one dataset per subset. Every item of a part
+    # belongs to that subset.
+    subsets: dict[str, dict] | None = Field(default=None, min_length=1)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -83,12 +92,21 @@ class TaskSpec(_Strict):
     @model_validator(mode="after")
     def _metric_fits_type(self) -> "TaskSpec":
         retrieval = self.type == "retrieval"
+        matching = self.type == "matching"
         if self.main_metric is None:
-            object.__setattr__(self, "main_metric", "mean_recall@1" if retrieval else "acc1")
+            default = "mean_recall@1" if retrieval else "acc" if matching else "acc1"
+            object.__setattr__(self, "main_metric", default)
         if retrieval != (self.main_metric in RETRIEVAL_METRICS):
             raise ValueError(f"main_metric: {self.main_metric} does not apply to a {self.type} task")
-        if retrieval and (self.classnames or self.templates or self.class_subset):
-            raise ValueError("type: retrieval tasks take captions from the data, not classnames or templates")
+        if matching != (self.main_metric in MATCHING_METRICS):
+            raise ValueError(f"main_metric: {self.main_metric} does not apply to a {self.type} task")
+        if (retrieval or matching) and (self.classnames or self.templates or self.class_subset):
+            raise ValueError(f"type: {self.type} tasks take captions from the data, not classnames or templates")
+        if self.subsets is not None and not matching:
+            raise ValueError("subsets: only matching tasks have subsets")
+        for name in self.subsets or {}:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", str(name)):
+                raise ValueError(f"subsets: {name!r} is not a valid subset name (letters, digits, _ . -)")
         multilabel = self.type == "multilabel"
         if multilabel != (self.main_metric == "map_11pt"):
             raise ValueError("main_metric: map_11pt is the metric of multilabel tasks, and only of them")
