@@ -33,6 +33,10 @@ class SplitData:
     ``label_names`` is None when the data carries only integer labels. ``ids`` are stable
     per-sample identifiers (file paths, hub row keys) used for leak checks, or None.
     For retrieval data, ``captions[i]`` lists the captions of image i (labels are then unused).
+    ``metadata[i]`` is image i's per-sample metadata (field -> value: a webdataset sample's
+    ``.json``/``.npy`` member, a Hugging Face row's other columns, a row of an image folder's
+    ``metadata.csv``), or None when the source carries none. For image-association data,
+    ``associations`` lists the cues, each over several images of ``dataset``.
     """
 
     dataset: Dataset
@@ -40,6 +44,19 @@ class SplitData:
     label_names: list[str] | None
     ids: list[str] | None = None
     captions: list[list[str]] | None = None
+    metadata: list[dict] | None = None
+    associations: list["Association"] | None = None
+
+
+@dataclass(frozen=True)
+class Association:
+    """One image-association question (WinoGAViL): a text ``cue``, its candidate ``images`` (rows
+    of the split's dataset) and ``answers``, the positions within ``images`` of the candidates
+    that go with the cue."""
+
+    cue: str
+    images: tuple[int, ...]
+    answers: tuple[int, ...]
 
 
 class Source(Protocol):
