@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--resamples", type=_positive_int, default=1000, help="paired bootstrap resamples")
     report.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     report.add_argument("--plots", type=Path, default=None, metavar="DIR", help="also write the plots as PNG files here")
+    report.add_argument("--per-group", action="store_true",
+                        help="also show each group's values for tasks with group_by (md)")
     _add_tasks_dir(report)
     return parser
 
@@ -290,7 +292,8 @@ def cmd_report(args) -> int:
     from evalbench.tasks.loader import TaskRegistry
 
     options = CompareOptions(resamples=args.resamples, seed=args.seed)
-    report = build_report(load_records(args.results_dir), TaskRegistry(args.tasks_dir).suites(), args.baseline, options)
+    report = build_report(load_records(args.results_dir), TaskRegistry(args.tasks_dir).suites(), args.baseline, options,
+                          per_group=args.per_group)
     text = render_report(report, args.format)
     if args.plots:
         written = write_plots(report, args.plots)

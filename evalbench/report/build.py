@@ -10,7 +10,8 @@ import pandas as pd
 from evalbench.errors import EvalbenchError
 from evalbench.records import iter_records, read_record
 from evalbench.report.compare import CompareOptions, baseline_deltas
-from evalbench.report.tables import long_table, main_score_tables, rank_table
+from evalbench.report.groups import per_group_table, worst_group_table
+from evalbench.report.tables import aggregate_tables, long_table, main_score_tables, rank_table
 from evalbench.tasks.loader import SuiteSpec
 
 
@@ -18,7 +19,10 @@ from evalbench.tasks.loader import SuiteSpec
 class Report:
     """``long``: every scalar metric, one row per (model, task, mode, metric), fractions.
     ``scores``/``ranks``: per mode, models x tasks (+ suite aggregates). ``deltas``: one row per
-    (mode, task, model) against ``baseline`` (None without one). ``main_metric``: per task."""
+    (mode, task, model) against ``baseline`` (None without one). ``main_metric``: per task.
+    ``aggregates``: per suite with aggregates, models x aggregate means (zero-shot modes pooled).
+    ``worst_groups``: worst-group metrics with within-group bootstrap intervals; ``per_group``:
+    every group's values (rendered only when ``show_per_group``)."""
 
     long: pd.DataFrame
     scores: dict[str, pd.DataFrame]
@@ -27,6 +31,10 @@ class Report:
     baseline: str | None = None
     deltas: pd.DataFrame | None = None
     options: CompareOptions = field(default_factory=CompareOptions)
+    aggregates: dict[str, pd.DataFrame] = field(default_factory=dict)
+    worst_groups: pd.DataFrame | None = None
+    per_group: pd.DataFrame | None = None
+    show_per_group: bool = False
 
     @property
     def models(self) -> list[str]:
@@ -52,9 +60,11 @@ def build_report(
     suites: dict[str, SuiteSpec],
     baseline: str | None = None,
     options: CompareOptions | None = None,
+    per_group: bool = False,
 ) -> Report:
-    """Everything a report shows. Raises EvalbenchError for an unknown ``baseline`` or records
-    of one task whose per-sample predictions differ in length."""
+    """Everything a report shows (``per_group``: also render each group's values). Raises
+    EvalbenchError for an unknown ``baseline`` or records of one task whose per-sample
+    predictions differ in length."""
     options = options or CompareOptions()
     long = long_table(records)
     scores = main_score_tables(long, suites, baseline)
@@ -69,4 +79,8 @@ def build_report(
         baseline=baseline,
         deltas=baseline_deltas(records, baseline, options) if baseline else None,
         options=options,
+        aggregates=aggregate_tables(long, suites, baseline),
+        worst_groups=worst_group_table(records, options),
+        per_group=per_group_table(records),
+        show_per_group=per_group,
     )
