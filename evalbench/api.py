@@ -72,9 +72,9 @@ def result_keys(config: RunConfig) -> list[str]:
 
 
 def task_keys(task: Task, config: RunConfig) -> list[str]:
-    """Result keys for this task: retrieval tasks have one, ``retrieval``, run with ``zeroshot``;
-    matching tasks have ``zeroshot`` only (there is nothing to probe)."""
-    if task.spec.type == "retrieval":
+    """Result keys for this task: retrieval and association tasks have one, ``retrieval``, run
+    with ``zeroshot``; matching tasks have ``zeroshot`` only (there is nothing to probe)."""
+    if task.spec.type in ("retrieval", "association"):
         return ["retrieval"] if "zeroshot" in config.modes else []
     if task.spec.type == "matching":
         return ["zeroshot"] if "zeroshot" in config.modes else []

@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="beside every open_clip ARCH@TAG record, its published zero-shot figure and ours minus it")
     report.add_argument("--published-tolerance", type=float, default=None, metavar="POINTS",
                         help="flag differences from the published figure larger than this (default 0.5; implies --published)")
+    report.add_argument("--per-group", action="store_true",
+                        help="also show each group's values for tasks with group_by (md)")
     _add_tasks_dir(report)
     return parser
 
@@ -316,7 +318,7 @@ def cmd_report(args) -> int:
     if args.published and tolerance is None:
         tolerance = DEFAULT_TOLERANCE
     report = build_report(load_records(args.results_dir), TaskRegistry(args.tasks_dir).suites(), args.baseline, options,
-                          published_tolerance=tolerance)
+                          published_tolerance=tolerance, per_group=args.per_group)
     text = render_report(report, args.format)
     if args.plots:
         written = write_plots(report, args.plots)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +17,14 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from evalbench.errors import EvalbenchError, MissingSplitError
-from evalbench.sources.base import Source, SplitData, source_class
+from evalbench.sources.base import Association, Source, SplitData, source_class
 from evalbench.tasks.loader import Task
 from evalbench.tasks.spec import ValFraction
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VAL = ValFraction(fraction=0.2, seed=0)
+log = logging.getLogger(__name__)
 
 
 def normalise_name(name: str) -> str:
@@ -169,12 +170,14 @@ def task_labels(task: Task, raw: list, mapping: np.ndarray, n_classes: int) -> n
 
 @dataclass
 class SplitView:
-    """Rows ``indices`` of a source split, with labels in the task's class order."""
+    """Rows ``indices`` of a source split, with labels in the task's class order, and for a task
+    with ``group_by`` the group of each row (strings)."""
 
     source_split: str
     indices: np.ndarray
     labels: np.ndarray
     ids: list[str] | None
+    groups: np.ndarray | None = None
 
 
 @dataclass
@@ -188,6 +191,7 @@ class TaskData:
     fingerprint: str
     # role -> why it has no view: the source lacks its split (only with allow_missing=True)
     missing: dict[str, MissingSplitError] = field(default_factory=dict)
+    associations: list[Association] | None = None  # association tasks: the questions scored
 
 
 class Rows(Dataset):
@@ -263,10 +267,11 @@ def _load_task_data(
 ) -> TaskData:
     spec = task.spec
     source = open_source(task, cache_dir)
-    classnames = [] if spec.type == "retrieval" else spec.classnames or source.classnames()
-    if not classnames and spec.type != "retrieval":
+    takes_classes = spec.type not in ("retrieval", "association")
+    classnames = (spec.classnames or source.classnames()) if takes_classes else []
+    if not classnames and takes_classes:
         raise EvalbenchError(f"{task.path}: classnames: missing, and the data ships none")
-    templates = spec.templates or source.templates()
+    templates = (spec.templates or source.templates()) if takes_classes else None
     if spec.class_subset:
         classnames = [classnames[i] for i in spec.class_subset]
 
@@ -291,7 +296,14 @@ def _load_task_data(
     missing_roles = {r: missing[s] for r, s in reads.items() if s in missing}
 
     views: dict[str, SplitView] = {}
+    if spec.type == "association":
+        if spec.splits.test in missing:
+            raise missing[spec.splits.test]
+        return _association_data(task, sources[spec.splits.test], spec.splits.test, source, limit, seed)
     for name, data in sources.items():
+        if spec.label_field:
+            data = sources[name] = _labels_from_metadata(task, name, data)
+        groups = _groups(task, name, data) if spec.group_by else None
         if spec.type == "retrieval":
             if data.captions is None:
                 raise EvalbenchError(f"{task.path}: dataset: type retrieval needs captions, and split '{name}' has none")
@@ -304,15 +316,83 @@ def _load_task_data(
             mapping = restrict_to_subset(task, mapping, spec.class_subset)
         labels = task_labels(task, data.labels, mapping, len(classnames))
         rows = seeded_rows(len(labels), limit, seed)
+
+        def view(r: np.ndarray) -> SplitView:
+            return SplitView(name, r, labels[r], data.ids, None if groups is None else groups[r])
+
         if "val" in roles and isinstance(val, ValFraction) and name == names["train"]:
             train_rows, val_rows = _split_off(rows, labels[rows], val)
-            views["train"] = SplitView(name, train_rows, labels[train_rows], data.ids)
-            views["val"] = SplitView(name, val_rows, labels[val_rows], data.ids)
+            views["train"], views["val"] = view(train_rows), view(val_rows)
         for role in ("train", "val", "test"):
             if names.get(role) == name and role not in views:
-                views[role] = SplitView(name, rows, labels[rows], data.ids)
+                views[role] = view(rows)
     _check_disjoint(task, views)
+    if spec.groups is not None and "test" in views:
+        _check_groups(task, views["test"], limited=limit is not None)
     return TaskData(classnames, templates, sources, views, source.fingerprint(), missing_roles)
+
+
+def _labels_from_metadata(task: Task, split: str, data: SplitData) -> SplitData:
+    """The split with its labels read from the metadata field ``label_field``: integers as they
+    are (matched by index), strings as names (sorted, matched by name like any named labels)."""
+    field = task.spec.label_field
+    values = _field_values(task, split, data, field, "label_field")
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return replace(data, labels=[int(v) for v in values], label_names=None)
+    names = sorted({str(v) for v in values})
+    index = {n: i for i, n in enumerate(names)}
+    return replace(data, labels=[index[str(v)] for v in values], label_names=names)
+
+
+def _field_values(task: Task, split: str, data: SplitData, field: str, key: str) -> list:
+    """Every sample's value of metadata ``field``; EvalbenchError naming ``key`` and the first
+    sample that lacks it."""
+    metadata = data.metadata or [None] * len(data.labels)
+    values = []
+    for i, meta in enumerate(metadata):
+        if meta is None or field not in meta or meta[field] is None or meta[field] == "":
+            which = data.ids[i] if data.ids else f"row {i}"
+            have = f" (its fields: {', '.join(map(str, meta))})" if meta else " (it has no metadata)"
+            raise EvalbenchError(f"{task.path}: {key}: sample '{which}' of split '{split}' has no field '{field}'{have}")
+        values.append(meta[field])
+    return values
+
+
+def _groups(task: Task, split: str, data: SplitData) -> np.ndarray:
+    """The group of every sample of a split (``group_by``), as strings: WILDS codes groups as
+    integers, JSON and CSV metadata as strings or numbers, and a record keys groups by text."""
+    values = _field_values(task, split, data, task.spec.group_by, "group_by")
+    return np.asarray([str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in values])
+
+
+def _check_groups(task: Task, view: SplitView, limited: bool) -> None:
+    """Every group the task lists has test images, and the test images have no other group: a
+    worst-group number over fewer groups than the task names would look better than it is.
+    Under ``--limit`` (a subset) a missing group is only a warning."""
+    declared = list(task.spec.groups)
+    present = set(view.groups.tolist())
+    extra = sorted(present - set(declared))
+    if extra:
+        raise EvalbenchError(f"{task.path}: groups: the data has group '{extra[0]}', which the task does not list")
+    empty = [g for g in declared if g not in present]
+    if empty:
+        message = f"{task.path}: groups: group '{empty[0]}' has no samples in split '{view.source_split}'"
+        if not limited:
+            raise EvalbenchError(message)
+        log.warning("%s (under --limit)", message)
+
+
+def _association_data(task: Task, data: SplitData, name: str, source: Source, limit: int | None,
+                      seed: int) -> TaskData:
+    """An association task's test data: a seeded subset of the questions under ``limit``, and the
+    rows of their candidate images."""
+    if data.associations is None:
+        raise EvalbenchError(f"{task.path}: dataset: type association needs cues and candidates "
+                             f"(dataset.cue_column), and split '{name}' has none")
+    chosen = [data.associations[i] for i in seeded_rows(len(data.associations), limit, seed)]
+    rows = np.unique(np.fromiter((r for q in chosen for r in q.images), dtype=np.int64))
+    view = SplitView(name, rows, np.zeros(len(rows), dtype=np.int64), data.ids)
+    return TaskData([], None, {name: data}, {"test": view}, source.fingerprint(), associations=chosen)
 
 
 def _check_disjoint(task: Task, views: dict[str, SplitView]) -> None:

@@ -1,7 +1,9 @@
-"""Metrics: small functions ``(y_true, scores) -> float``.
+"""Metrics: small functions ``(y_true, scores) -> float``, and ``(y_true, scores, groups)`` for
+metrics over groups of test images.
 
 ``scores`` is (n, n_classes). ``y_true`` is (n,) class indices, or for multi-label tasks an
-(n, n_classes) 0/1 matrix.
+(n, n_classes) 0/1 matrix. ``groups`` is (n,) group values (strings) read from per-sample
+metadata (the task's ``group_by``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,13 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score, top_k_accuracy_score
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    f1_score,
+    jaccard_score,
+    roc_auc_score,
+    top_k_accuracy_score,
+)
 
 
 def acc1(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -64,20 +72,93 @@ def map_11pt(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(np.nanmean(aps))
 
 
+def f1_macro(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Macro F1 of the top-1 predictions, averaged over the classes present in ``y_true`` (as
+    WILDS' ``F1(average='macro')``, DataComp's ``F1-macro_all`` for iWildCam: a class that is
+    only ever predicted, never true, does not count)."""
+    y_true = np.asarray(y_true)
+    pred = np.asarray(scores).argmax(axis=1)
+    return float(f1_score(y_true, pred, average="macro", labels=np.unique(y_true)))
+
+
+def per_group(y_true: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str, dict]:
+    """``{group: {"acc1": ..., "acc5": ... (with >= 5 classes), "n": count}}`` for every group
+    with at least one image, in sorted group order."""
+    y_true, scores, groups = np.asarray(y_true), np.asarray(scores), np.asarray(groups)
+    out = {}
+    for g in sorted(set(groups.tolist())):
+        rows = groups == g
+        entry = {"acc1": acc1(y_true[rows], scores[rows])}
+        if scores.shape[1] >= 5:
+            entry["acc5"] = acc5(y_true[rows], scores[rows])
+        out[str(g)] = {**entry, "n": int(rows.sum())}
+    return out
+
+
+def worst_group_acc1(y_true: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """The lowest top-1 accuracy of any group (WILDS' ``acc_wg``; DataComp's ``acc_wg`` for GeoDE
+    by region, ``acc_worst_region`` for FMoW)."""
+    return min(v["acc1"] for v in per_group(y_true, scores, groups).values())
+
+
+def worst_group_acc5(y_true: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """The lowest top-5 accuracy of any group (DataComp's ``acc_top5_wg`` for Dollar Street by
+    income group)."""
+    if np.asarray(scores).shape[1] < 5:
+        raise ValueError("worst_group_acc5 needs at least 5 classes")
+    return min(v["acc5"] for v in per_group(y_true, scores, groups).values())
+
+
+def jaccard_index(answers: np.ndarray, scores: np.ndarray) -> float:
+    """One association question, scored as DataComp scores WinoGAViL: the candidates with the
+    ``k`` highest ``scores`` are chosen, ``k`` being the number of true ``answers`` (a 0/1 vector
+    over the candidates), and the score is the Jaccard index |chosen & true| / |chosen | true|
+    (scikit-learn's ``jaccard_score``). DataComp takes ``np.argsort(scores)[-k:]``; here the
+    sort is stable, so exact ties go to the later candidate deterministically."""
+    answers = np.asarray(answers).astype(bool)
+    k = int(answers.sum())
+    chosen = np.zeros(len(answers), dtype=bool)
+    if k:
+        chosen[np.argsort(np.asarray(scores), kind="stable")[-k:]] = True
+    return float(jaccard_score(answers, chosen, zero_division=0.0))
+
+
+def jaccard_metrics(jaccards: np.ndarray, n_candidates: np.ndarray) -> dict[str, float]:
+    """DataComp's WinoGAViL summary of per-question Jaccard indices: the mean over all questions
+    (``avg_jaccard_score``), per candidate count (``jaccard_score_5`` ...), and over questions
+    with 5-6 and 10-12 candidates (``jaccard_score_10-12`` is DataComp's main score). A bucket
+    without questions is left out."""
+    jaccards, n_candidates = np.asarray(jaccards, dtype=float), np.asarray(n_candidates)
+    buckets = {"avg_jaccard_score": np.ones(len(jaccards), dtype=bool)}
+    buckets.update({f"jaccard_score_{n}": n_candidates == n for n in (5, 6, 10, 12)})
+    buckets["jaccard_score_5-6"] = n_candidates <= 6
+    buckets["jaccard_score_10-12"] = n_candidates >= 10
+    return {name: float(jaccards[rows].mean()) for name, rows in buckets.items() if rows.any()}
+
+
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "acc1": acc1,
     "acc5": acc5,
     "mean_per_class_recall": mean_per_class_recall,
     "roc_auc": roc_auc,
     "map_11pt": map_11pt,
+    "f1_macro": f1_macro,
+}
+GROUP_METRICS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {
+    "worst_group_acc1": worst_group_acc1,
+    "worst_group_acc5": worst_group_acc5,
 }
 
 
-def classification_metrics(y_true: np.ndarray, scores: np.ndarray, main_metric: str) -> dict[str, float]:
+def classification_metrics(
+    y_true: np.ndarray, scores: np.ndarray, main_metric: str, groups: np.ndarray | None = None
+) -> dict:
     """Every applicable metric plus ``main_score``.
 
     Single-label: acc1, acc5 (with at least 5 classes), mean_per_class_recall, and roc_auc for
-    two classes. Multi-label (2-D ``y_true``): map_11pt.
+    two classes. Multi-label (2-D ``y_true``): map_11pt. With ``groups``: f1_macro,
+    worst_group_acc1, worst_group_acc5 (with at least 5 classes) and ``per_group`` (a dict, see
+    :func:`per_group`). A group metric as ``main_metric`` without ``groups`` is a ValueError.
     """
     if np.ndim(y_true) == 2:
         out = {"map_11pt": map_11pt(y_true, scores)}
@@ -88,6 +169,15 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, main_metric: 
         out["mean_per_class_recall"] = mean_per_class_recall(y_true, scores)
         if scores.shape[1] == 2 and len(np.unique(y_true)) == 2:
             out["roc_auc"] = roc_auc(y_true, scores)
+        if groups is not None or main_metric == "f1_macro":
+            out["f1_macro"] = f1_macro(y_true, scores)
+        if groups is not None:
+            out["per_group"] = per_group(y_true, scores, groups)
+            out["worst_group_acc1"] = min(v["acc1"] for v in out["per_group"].values())
+            if scores.shape[1] >= 5:
+                out["worst_group_acc5"] = min(v["acc5"] for v in out["per_group"].values())
+    if main_metric in GROUP_METRICS and main_metric not in out:
+        raise ValueError(f"{main_metric} needs per-sample groups")
     out["main_score"] = out[main_metric] if main_metric in out else METRICS[main_metric](y_true, scores)
     return out
 

@@ -192,3 +192,31 @@ def unpack_correct(per_sample: dict) -> np.ndarray:
 def unpack_subsets(per_sample: dict) -> np.ndarray | None:
     """Each item's subset index from :func:`pack_matching` (None for classification samples)."""
     return _unpack(per_sample["subset"], np.int32).astype(np.int64) if "subset" in per_sample else None
+
+
+def pack_groups(scores: np.ndarray, y_true: np.ndarray, groups: np.ndarray) -> dict:
+    """Per-test-image groups beside :func:`pack_predictions`: ``group_names`` (sorted) and each
+    image's index into them (int32, packed), plus top-5 correctness (bits, with at least 5
+    classes; top 5 as scikit-learn's ``top_k_accuracy_score`` ranks), so the report can
+    resample worst-group metrics within groups."""
+    names, index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    out = {"group_names": names.tolist(), "group": _pack(index.astype(np.int32))}
+    scores = np.asarray(scores)
+    if scores.shape[1] >= 5:
+        top5 = np.argsort(scores, axis=1, kind="mergesort")[:, ::-1][:, :5]
+        out["correct5"] = _pack(np.packbits((top5 == np.asarray(y_true)[:, None]).any(axis=1)))
+    return out
+
+
+def unpack_groups(per_sample: dict) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(group name per image, top-5 correct per image or None) from :func:`pack_groups`; None
+    for records without groups."""
+    if "group" not in per_sample:
+        return None
+    n = per_sample["n"]
+    names = np.asarray(per_sample["group_names"])
+    groups = names[_unpack(per_sample["group"], np.int32)]
+    correct5 = None
+    if "correct5" in per_sample:
+        correct5 = np.unpackbits(_unpack(per_sample["correct5"], np.uint8))[:n].astype(bool)
+    return groups, correct5

@@ -21,11 +21,12 @@ from evalbench.config import RunConfig
 from evalbench.data import Rows, TaskData, load_task_data
 from evalbench.errors import EvalbenchError, MissingSplitError
 from evalbench.features import autocast, extract_features
-from evalbench.metrics import classification_metrics
+from evalbench.association import association_metrics, cue_prompt
+from evalbench.metrics import GROUP_METRICS, classification_metrics
 from evalbench.models import LazyModel
 from evalbench.probe import few_shot_probe, linear_probe, make_backend
 from evalbench.probe.sweep import PROTOCOL_VERSION
-from evalbench.records import pack_predictions
+from evalbench.records import pack_groups, pack_predictions
 from evalbench.retrieval import encode_texts, retrieval_metrics
 from evalbench.sources.base import SplitData
 from evalbench.tasks.loader import Task
@@ -145,10 +146,11 @@ def split_features(model: LazyModel, split: SplitData, rows: np.ndarray, fingerp
     )
 
 
-def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> tuple[dict, dict]:
-    """(features, labels) per role, and the number of undecodable images left out per role.
+def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> tuple[dict, dict, dict]:
+    """(features, labels) per role, the number of undecodable images left out per role, and per
+    role the boolean mask of the view's rows kept (only for roles that left some out).
     Each source split is encoded once, or read from the cache."""
-    out, skipped = {}, {}
+    out, skipped, kept = {}, {}, {}
     for split_name, split in data.sources.items():
         views = {role: v for role, v in data.views.items() if v.source_split == split_name}
         rows = np.unique(np.concatenate([v.indices for v in views.values()]))
@@ -167,10 +169,11 @@ def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -
                 log.warning("%s/%s: left out %d undecodable images", task.name, role, int((~good).sum()))
                 x, labels = x[good], view.labels[good]
                 skipped[role] = int((~good).sum())
+                kept[role] = good
             else:
                 labels = view.labels
             out[role] = (x, labels)
-    return out, skipped
+    return out, skipped, kept
 
 
 def _rows_of(feats: np.ndarray, rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -270,7 +273,7 @@ def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> tuple[dict
     if not modes:
         return {}, not_run
     start = time.perf_counter()
-    feats, skipped = _features(model, data, config, task)
+    feats, skipped, _ = _features(model, data, config, task)
     if not distributed.is_main():
         return {}, []
     images, _ = feats["test"]
@@ -289,12 +292,39 @@ def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> tuple[dict
     return {"retrieval": result}, []
 
 
+def run_association(model: LazyModel, task: Task, config: RunConfig) -> dict:
+    """Image association (WinoGAViL) on the test split: per question, the candidate images most
+    similar to the cue's prompt, scored by Jaccard index (see :mod:`evalbench.association`)."""
+    data = load_task_data(task, ["test"], config.cache_dir, config.limit, config.seed)
+    start = time.perf_counter()
+    feats, skipped, _ = _features(model, data, config, task)
+    if not distributed.is_main():
+        return {}
+    if skipped:
+        raise EvalbenchError(f"{task.name}: association cannot leave images out; fix the undecodable images")
+    images, _ = feats["test"]
+    view = data.views["test"]
+    prompts = [cue_prompt(q.cue) for q in data.associations]
+    text_feats = text_features(model, prompts, config, task)
+    result = association_metrics(images, view.indices, text_feats, data.associations)
+    result.update(main_score=result[task.spec.main_metric], n=len(data.associations), n_images=len(images),
+                  duration_s=round(time.perf_counter() - start, 3), data_fingerprint=data.fingerprint)
+    return {"retrieval": result}
+
+
 def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) -> tuple[dict, list[SkippedMode]]:
     """Results per mode for one (model, task), and the modes not run because the task's source
     lacks a split they need (a missing train or val skips the probes, a missing test every
     mode). Every other error raises."""
     if task.spec.type == "retrieval":
         return run_retrieval(model, task, config)
+    if task.spec.type == "association":
+        try:
+            return run_association(model, task, config), []
+        except MissingSplitError as e:
+            skip = SkippedMode(model.spec.name, task.name, "retrieval", e.split, tuple(e.available), e.where)
+            log.warning("%s", skip)
+            return {}, [skip]
     if task.spec.type == "matching":
         from evalbench.matching import run_matching  # matching.py builds on this module's helpers
 
@@ -310,20 +340,28 @@ def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) 
         return {}, not_run
     if "zeroshot" in modes and not data.templates:
         raise EvalbenchError(f"{task.path}: templates: missing, and the data ships none (zero-shot needs them)")
-    feats, skipped = _features(model, data, config, task)
+    metric = task.spec.main_metric
+    if metric in GROUP_METRICS and any(m.startswith("linear_probe") for m in modes) and task.spec.splits.train:
+        raise EvalbenchError(f"{task.path}: main_metric: {metric} is scored on zero-shot predictions only "
+                             "(the linear probe does not see groups); run with --mode zeroshot")
+    feats, skipped, kept = _features(model, data, config, task)
     if not distributed.is_main():
         return {}, not_run
-    metric = task.spec.main_metric
     results = {}
     if "zeroshot" in modes:
         start = time.perf_counter()
         classifier = _classifier(model, data, config, task)
         x, y = feats["test"]
+        groups = data.views["test"].groups
+        if groups is not None and "test" in kept:
+            groups = groups[kept["test"]]
         scores = zeroshot_scores(x, classifier)
-        results["zeroshot"] = classification_metrics(y, scores, metric)
+        results["zeroshot"] = classification_metrics(y, scores, metric, groups)
         results["zeroshot"].update(n=len(y), duration_s=round(time.perf_counter() - start, 3))
         if y.ndim == 1:
             results["zeroshot"]["per_sample"] = pack_predictions(scores, y)
+            if groups is not None:
+                results["zeroshot"]["per_sample"].update(pack_groups(scores, y, groups))
     backend = make_backend(config.probe_backend, str(model.device))
     for mode in modes:
         if not mode.startswith("linear_probe"):

@@ -34,18 +34,28 @@ PUBLISHED_COUNTS = {
     "kinetics700": 700, "clevr-count": 8, "hateful-memes": 2, "rendered-sst2": 2,
     "imagenet1k": 1000, "imagenetv2": 1000, "imagenet-sketch": 1000,
 }
-SUBSET_COUNTS = {"imagenet-a": 200, "imagenet-r": 200}
+SUBSET_COUNTS = {"imagenet-a": 200, "imagenet-r": 200, "imagenet-o": 200}
 # Tasks whose class names come from the data at run time, with the reason.
 NAMES_FROM_DATA = {"objectnet": 113}  # 9 of the 113 ObjectNet names could not be verified offline
+# DataComp's WILDS and fairness tasks: class names *and* templates are those DataComp's mirror
+# ships (classnames.txt, zeroshot_classification_templates.txt), which DataComp itself reads;
+# no copy could be read offline. Class counts from DataComp's tasklist.yml (num_classes).
+FROM_DATACOMP_MIRROR = {"iwildcam": 182, "camelyon17": 2, "fmow": 62, "dollar-street": 58, "geode": 40}
 
 MAIN_METRIC = {
     "fgvc-aircraft": "mean_per_class_recall", "pets": "mean_per_class_recall",
     "caltech101": "mean_per_class_recall", "flowers102": "mean_per_class_recall",
     "hateful-memes": "roc_auc", "voc2007": "map_11pt", "pcam": "acc1", "cifar10": "acc1",
     "imagenet1k": "acc1", "imagenet-a": "acc1", "kinetics700": "acc1",
+    # DataComp's tasklist.yml main_metric, under evalbench's names (aliases in the YAML files)
+    "iwildcam": "f1_macro", "fmow": "worst_group_acc1", "dollar-street": "worst_group_acc5",
+    "geode": "worst_group_acc1", "camelyon17": "acc1", "svhn": "acc1", "imagenet-o": "acc1",
+    "clevr-distance": "acc1", "winogavil": "jaccard_score_10-12",
 }
+# DataComp's group fields (eval_utils/wilds_eval.py and fairness_eval.py evaluators).
+GROUP_BY = {"fmow": "region", "dollar-street": "income_ds", "geode": "region", "camelyon17": "slide"}
 
-IMAGENET_FAMILY = {"imagenet1k", "imagenetv2", "imagenet-sketch", "imagenet-a", "imagenet-r"}
+IMAGENET_FAMILY = {"imagenet1k", "imagenetv2", "imagenet-sketch", "imagenet-a", "imagenet-r", "imagenet-o"}
 # The only repeated names in CLIP's published ImageNet list (index -> WordNet synset):
 # 657 n03773504 missile / 744 n04008634 projectile, missile;
 # 836 n04355933 sunglass / 837 n04356056 sunglasses, dark glasses, shades.
@@ -85,6 +95,13 @@ def test_cli_validate_exits_zero():
 def test_task_is_well_formed(name):
     spec = _task(name).spec
     assert spec.name == name
+    if spec.type == "association":
+        assert spec.classnames is None and spec.templates is None, "association tasks take cues from the data"
+        return
+    if name in FROM_DATACOMP_MIRROR:
+        assert spec.classnames is None and spec.templates is None
+        assert spec.dataset["path"].startswith("hf://datasets/djghosh/wds_")
+        return
     if spec.type == "retrieval":
         assert spec.classnames is None and spec.templates is None, "retrieval tasks take captions from the data"
         assert spec.main_metric == "mean_recall@1"
@@ -151,6 +168,41 @@ def test_names_from_data(name):
 @pytest.mark.parametrize("name", sorted(MAIN_METRIC))
 def test_main_metric(name):
     assert _task(name).spec.main_metric == MAIN_METRIC[name]
+
+
+@pytest.mark.parametrize("name", sorted(GROUP_BY))
+def test_group_fields_as_datacomp(name):
+    spec = _task(name).spec
+    assert spec.group_by == GROUP_BY[name]
+    assert spec.group_by in spec.dataset["metadata_fields"]
+
+
+def test_datacomp_metadata_fields():
+    # The order of WILDS' metadata arrays, as DataComp's evaluators name them.
+    assert _task("fmow").spec.dataset["metadata_fields"] == ["region", "year", "y"]
+    assert _task("geode").spec.dataset["metadata_fields"] == ["region", "country"]
+    assert _task("dollar-street").spec.dataset["metadata_fields"] == ["income_ds", "income_meta", "region"]
+    assert _task("camelyon17").spec.dataset["metadata_fields"] == ["hospital", "slide", "y"]
+    assert _task("iwildcam").spec.dataset["metadata_fields"][0] == "location"
+
+
+def test_datacomp_new_tasks_as_published():
+    # CLIP_benchmark's en_classnames.json / en_zeroshot_classification_templates.json entries.
+    svhn = _task("svhn").spec
+    assert svhn.classnames == ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    assert svhn.templates[0] == "a photo of the number {c} written on a sign" and len(svhn.templates) == 6
+    clevr = _task("clevr-distance").spec
+    assert clevr.classnames == ["very nearby", "nearby", "near", "", "distant", "very distant"]
+    assert clevr.templates == ["{c} shapes."] and clevr.label_match == "index"
+    # ImageNet-O: CLIP_benchmark's imagenet_o_wnids, first and last, against timm's synset order.
+    o = _task("imagenet-o").spec
+    assert o.classnames[o.class_subset[0]] == "goldfish" and o.class_subset[-1] == 996
+    timm_info = Path(pytest.importorskip("timm").__file__).parent / "data" / "_info"
+    synsets = (timm_info / "imagenet_synsets.txt").read_text().split()
+    assert [synsets[i] for i in (o.class_subset[0], o.class_subset[1], o.class_subset[-1])] == [
+        "n01443537", "n01704323", "n13052670"]
+    wino = _task("winogavil").spec
+    assert wino.type == "association" and wino.dataset["path"] == "nlphuji/winogavil"
 
 
 def test_multilabel_and_unavailable():
@@ -312,10 +364,35 @@ def test_suite_tasks_exist(suite):
     assert set(tasks) <= set(NAMES), sorted(set(tasks) - set(NAMES))
 
 
+DATACOMP_38 = {
+    "caltech101", "cifar10", "cifar100", "clevr-count", "clevr-distance", "country211", "dtd", "eurosat",
+    "fgvc-aircraft", "food101", "gtsrb", "imagenet1k", "imagenet-sketch", "imagenetv2", "imagenet-a",
+    "imagenet-o", "imagenet-r", "kitti-distance", "mnist", "objectnet", "flowers102", "pets", "voc2007",
+    "pcam", "rendered-sst2", "resisc45", "cars", "stl10", "sun397", "svhn", "flickr30k", "mscoco-5k",
+    "winogavil", "iwildcam", "camelyon17", "fmow", "dollar-street", "geode",
+}
+
+
+def test_datacomp_suite_and_aggregates():
+    suite = SUITES["datacomp"]
+    assert len(suite.tasks) == 38 and set(suite.tasks) == DATACOMP_38
+    agg = suite.aggregate_tasks()
+    assert list(agg) == ["ImageNet", "ImageNet dist. shifts", "VTAB", "Retrieval", "Average"]
+    assert agg["ImageNet"] == ["imagenet1k"]
+    # aggregate_scores.py's DATASET_GROUPS, under evalbench's task names
+    assert set(agg["ImageNet dist. shifts"]) == {
+        "imagenet-sketch", "imagenetv2", "imagenet-a", "imagenet-o", "imagenet-r", "objectnet"}
+    assert set(agg["VTAB"]) == {
+        "caltech101", "cifar100", "clevr-count", "clevr-distance", "dtd", "eurosat", "kitti-distance",
+        "flowers102", "pets", "pcam", "resisc45", "svhn", "sun397"}
+    assert set(agg["Retrieval"]) == {"flickr30k", "mscoco-5k", "winogavil"}
+    assert set(agg["Average"]) == DATACOMP_38
+
+
 def test_suite_contents():
     assert len(SUITES["clip-27"].tasks) == 27
     assert set(SUITES["clip-27"].tasks) == set(PUBLISHED_COUNTS) - {"imagenetv2", "imagenet-sketch"}
-    assert set(SUITES["imagenet-robustness"].tasks) == IMAGENET_FAMILY | {"objectnet"}
+    assert set(SUITES["imagenet-robustness"].tasks) == (IMAGENET_FAMILY - {"imagenet-o"}) | {"objectnet"}
     quick = SUITES["quick"].tasks
     assert 4 <= len(quick) <= 5
     assert not any(_task(n).spec.unavailable for n in quick)

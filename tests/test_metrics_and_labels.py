@@ -143,7 +143,7 @@ def test_multilabel_task_runs_zeroshot_and_one_vs_rest_probe(tmp_path, tiny_arch
 
     seen = {}
     original = runners.classification_metrics
-    runners.classification_metrics = lambda y, s, m: seen.setdefault("zs", (y, s)) and original(y, s, m)
+    runners.classification_metrics = lambda y, s, m, *rest: seen.setdefault("zs", (y, s)) and original(y, s, m, *rest)
     try:
         rc = main(["run", "--model", f"tiny={tiny_arch}", "--tasks-dir", str(folder), "--tasks", "multi",
                    "--results-dir", str(tmp_path / "r"), "--no-cache", "--no-progress"])

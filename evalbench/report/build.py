@@ -10,8 +10,9 @@ import pandas as pd
 from evalbench.errors import EvalbenchError
 from evalbench.records import Record, iter_records, load_record
 from evalbench.report.compare import CompareOptions, baseline_deltas
+from evalbench.report.groups import per_group_table, worst_group_table
 from evalbench.report.published import check_tolerance, published_table
-from evalbench.report.tables import long_table, main_score_tables, rank_table
+from evalbench.report.tables import aggregate_tables, long_table, main_score_tables, rank_table
 from evalbench.tasks.loader import SuiteSpec
 
 
@@ -22,7 +23,10 @@ class Report:
     (mode, task, model) against ``baseline`` (None without one). ``main_metric``: per task.
     ``published``: open_clip's published figures beside the records of its checkpoints (see
     :func:`evalbench.report.published.published_table`; None unless asked for), flagged past
-    ``published_tolerance`` points."""
+    ``published_tolerance`` points.
+    ``aggregates``: per suite with aggregates, models x aggregate means (zero-shot modes pooled).
+    ``worst_groups``: worst-group metrics with within-group bootstrap intervals; ``per_group``:
+    every group's values (rendered only when ``show_per_group``)."""
 
     long: pd.DataFrame
     scores: dict[str, pd.DataFrame]
@@ -33,6 +37,10 @@ class Report:
     options: CompareOptions = field(default_factory=CompareOptions)
     published: pd.DataFrame | None = None
     published_tolerance: float | None = None
+    aggregates: dict[str, pd.DataFrame] = field(default_factory=dict)
+    worst_groups: pd.DataFrame | None = None
+    per_group: pd.DataFrame | None = None
+    show_per_group: bool = False
 
     @property
     def models(self) -> list[str]:
@@ -65,9 +73,11 @@ def build_report(
     baseline: str | None = None,
     options: CompareOptions | None = None,
     published_tolerance: float | None = None,
+    per_group: bool = False,
 ) -> Report:
     """Everything a report shows; with ``published_tolerance`` (points), also the published
-    figures of open_clip checkpoints, differences past it flagged. Raises EvalbenchError for an
+    figures of open_clip checkpoints, differences past it flagged; with ``per_group``, each
+    group's values rendered too. Raises EvalbenchError for an
     unknown ``baseline``, a negative tolerance, or records of one task whose per-sample
     predictions differ in length."""
     options = options or CompareOptions()
@@ -91,4 +101,8 @@ def build_report(
         options=options,
         published=published,
         published_tolerance=published_tolerance,
+        aggregates=aggregate_tables(long, suites, baseline),
+        worst_groups=worst_group_table(records, options),
+        per_group=per_group_table(records),
+        show_per_group=per_group,
     )

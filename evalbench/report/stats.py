@@ -115,3 +115,29 @@ def recover_labels(predictions: list[tuple[np.ndarray, np.ndarray]], n_classes: 
             raise ValueError(f"test image {int(np.flatnonzero(clash)[0])} has two different labels")
         labels[known] = claimed[known]
     return labels if (labels >= 0).all() else None
+
+
+def worst_group_bootstrap(
+    correct: np.ndarray,
+    groups: np.ndarray,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    level: float = DEFAULT_LEVEL,
+) -> Interval:
+    """Percentile bootstrap interval of the worst group's accuracy (the minimum over groups of
+    the mean of ``correct``), resampling *within* groups: each resample redraws every group's
+    n_g images with replacement from that group, so every group keeps its size and none can
+    vanish from a resample. A group's redrawn number of correct images is exactly
+    Binomial(n_g, its accuracy), so the draws are made that way, in memory resamples x groups.
+    ``correct`` may be top-1 or top-5 correctness."""
+    correct, groups = np.asarray(correct, bool), np.asarray(groups)
+    if len(correct) == 0:
+        raise ValueError("no test images to resample")
+    _, index = np.unique(groups, return_inverse=True)
+    n = np.bincount(index)
+    right = np.bincount(index, weights=correct).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    worst = (rng.binomial(n, right / n, size=(resamples, len(n))) / n).min(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(worst, [tail, 100 - tail])
+    return Interval(float(low), float(high))

@@ -97,3 +97,30 @@ def rank_table(scores: pd.DataFrame, suites: dict[str, SuiteSpec]) -> pd.DataFra
         out[f"mean rank({suite.name})"] = cols.mean(axis=1).where(cols.notna().all(axis=1))
         out[f"won({suite.name})"] = (cols == 1).sum(axis=1).astype(int)
     return out
+
+
+# Modes whose main scores a suite aggregate pools: DataComp averages zero-shot classification
+# and retrieval (Flickr, MSCOCO, WinoGAViL) results together.
+ZERO_SHOT_MODES = ("zeroshot", "retrieval")
+
+
+def aggregate_tables(long: pd.DataFrame, suites: dict[str, SuiteSpec], baseline: str | None = None) -> dict[str, pd.DataFrame]:
+    """Per suite with ``aggregates``, a models x aggregates table: each the mean of its tasks'
+    zero-shot main scores (zero-shot and retrieval results pooled), empty unless the model has
+    every task of that aggregate. An aggregate no model has in full is left out, and so is a
+    suite with none left (a report of a few tasks shows no empty DataComp table)."""
+    main = long[(long.metric == "main_score") & long["mode"].isin(ZERO_SHOT_MODES)]
+    scores = main.pivot_table(index="model", columns="task", values="value", aggfunc="first")
+    out = {}
+    for suite in sorted(suites.values(), key=lambda s: s.name):
+        if not suite.aggregates or not set(suite.tasks) & set(scores.columns):
+            continue
+        table = pd.DataFrame(index=pd.Index(model_order(scores.index, baseline), name="model"))
+        for name, tasks in suite.aggregate_tasks().items():
+            cols = scores.reindex(index=table.index, columns=tasks)
+            mean = cols.mean(axis=1).where(cols.notna().all(axis=1))
+            if mean.notna().any():
+                table[name] = mean
+        if len(table.columns):
+            out[suite.name] = table
+    return out

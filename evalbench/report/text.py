@@ -80,8 +80,47 @@ def _md(cells: pd.DataFrame) -> str:
     return cells.to_markdown(disable_numparse=True, colalign=("left",) + ("right",) * len(cells.columns))
 
 
+def aggregate_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """Suite aggregates as percent strings; empty where a model lacks a task of the aggregate."""
+    return score_cells(table)
+
+
+def worst_group_cells(report: Report) -> pd.DataFrame:
+    """One row per (task, model, worst-group metric): value and interval in percent."""
+    def text(r) -> str:
+        value = f"{r.value * 100:.2f}"
+        if r.ci_low is not None and pd.notna(r.ci_low):
+            value += f" [{r.ci_low * 100:.2f}, {r.ci_high * 100:.2f}]"
+        return value
+    table = report.worst_groups
+    return pd.DataFrame({
+        "task": table["task"], "model": table["model"], "metric": table["metric"],
+        "value": [text(r) for r in table.itertuples()], "groups": table["groups"].astype(str),
+    }).set_index("task")
+
+
+def per_group_cells(report: Report) -> pd.DataFrame:
+    """Tasks x groups x models, one column per metric in percent, and the group's size."""
+    table = report.per_group
+    wide = table.pivot_table(index=["task", "model", "group", "n"], columns="metric", values="value",
+                             aggfunc="first").reset_index()
+    for metric in [c for c in wide.columns if c not in ("task", "model", "group", "n")]:
+        wide[metric] = wide[metric].map(lambda v: _num(v * 100, ".2f") if pd.notna(v) else "")
+    wide["n"] = wide["n"].astype(int).astype(str)
+    wide.columns.name = None
+    return wide.set_index("task")
+
+
+def worst_group_legend(report: Report) -> str:
+    o = report.options
+    return (f"worst-group metrics (%) with a {o.level:.0%} percentile bootstrap interval resampling images "
+            f"within each group ({o.resamples} resamples, seed {o.seed})")
+
+
 def render_md(report: Report) -> str:
     parts = []
+    for suite, table in report.aggregates.items():
+        parts.append(f"### {suite} aggregates (zero-shot main score, %)\n\n{_md(aggregate_cells(table))}\n")
     for mode in report.scores:
         label = mode_label(mode)
         parts.append(f"### {label} (main score, %)\n\n{_md(score_cells(report.scores[mode]))}\n")
@@ -90,6 +129,10 @@ def render_md(report: Report) -> str:
         if report.deltas is not None and (report.deltas["mode"] == mode).any():
             parts.append(f"### {label} (delta vs {report.baseline}, points)\n\n"
                          f"{_md(delta_cells(report, mode))}\n")
+    if report.worst_groups is not None and not report.worst_groups.empty:
+        parts.append(f"### {worst_group_legend(report)}\n\n{_md(worst_group_cells(report))}\n")
+    if report.show_per_group and report.per_group is not None and not report.per_group.empty:
+        parts.append(f"### per group (%)\n\n{_md(per_group_cells(report))}\n")
     if report.deltas is not None:
         notes = "".join(f"- {line}\n" for line in delta_notes(report))
         parts.append(f"{significance_legend(report)}.\n" + (f"\nNo interval:\n\n{notes}" if notes else ""))
@@ -151,6 +194,16 @@ def _aggregate_rows(report: Report) -> list[dict]:
                     rows.append((model, col[len("won("):-1], mode, "suite_won", value))
                 else:
                     rows.append((model, col, mode, "rank", value))
+    for suite, table in report.aggregates.items():
+        for model in table.index:
+            for name in table.columns:
+                if pd.notna(table.at[model, name]):
+                    rows.append((model, f"{suite}:{name}", "zeroshot+retrieval", "aggregate", table.at[model, name]))
+    if report.worst_groups is not None:
+        for r in report.worst_groups.itertuples():
+            for metric, value in ((f"{r.metric}_ci_low", r.ci_low), (f"{r.metric}_ci_high", r.ci_high)):
+                if value is not None and pd.notna(value):
+                    rows.append((r.model, r.task, r.mode, metric, value))
     return [dict(zip(["model", "task", "mode", "metric", "value"], r)) for r in rows]
 
 
@@ -205,6 +258,11 @@ def report_dict(report: Report) -> dict:
                                         "matching (one subset)": "exact McNemar",
                                         "matching (macro over subsets)": "interval excludes 0"}},
         "modes": modes,
+        "aggregates": {suite: _json_table(table) for suite, table in report.aggregates.items()},
+        "worst_groups": [] if report.worst_groups is None else [
+            {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()}
+            for row in report.worst_groups.astype(object).to_dict("records")
+        ],
         **({"published": published_json(report.published, report.published_tolerance)}
            if report.published is not None else {}),
     }
@@ -234,13 +292,14 @@ def render(
     baseline: str | None = None,
     options: CompareOptions | None = None,
     published_tolerance: float | None = None,
+    per_group: bool = False,
 ) -> str:
-    """The report as text. ``md``/``latex``: per mode, main scores (%), ranks and, with a
+    """The report as text (``per_group``: md also shows each group's values). ``md``/``latex``: per mode, main scores (%), ranks and, with a
     ``baseline``, deltas in points with intervals; ``csv``: the long table of every metric
     (fractions) plus derived rows; ``json``: every table as data; ``html``: one self-contained
     page with sortable tables and plots. With ``published_tolerance`` (points), every format also
-    shows open_clip's published figures beside its checkpoints' records. Raises EvalbenchError
-    for an unknown format or baseline, a negative tolerance, or records of one task whose
-    per-sample predictions differ in length."""
+    shows open_clip's published figures beside its checkpoints' records; ``per_group`` adds each
+    group's values. Raises EvalbenchError for an unknown format or baseline, a negative
+    tolerance, or records of one task whose per-sample predictions differ in length."""
     renderer(fmt)  # an unknown format fails before the records are read
-    return render_report(build_report(records, suites, baseline, options, published_tolerance), fmt)
+    return render_report(build_report(records, suites, baseline, options, published_tolerance, per_group), fmt)

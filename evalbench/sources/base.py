@@ -38,6 +38,10 @@ class SplitData:
     For retrieval data, ``captions[i]`` lists the captions of image i (labels are then unused).
     For matching data (:meth:`Source.load_matching`), ``items`` are the test items and
     ``dataset`` holds their images, each once.
+    ``metadata[i]`` is image i's per-sample metadata (field -> value: a webdataset sample's
+    ``.json``/``.npy`` member, a Hugging Face row's other columns, a row of an image folder's
+    ``metadata.csv``), or None when the source carries none. For image-association data,
+    ``associations`` lists the cues, each over several images of ``dataset``.
     """
 
     dataset: Dataset
@@ -46,6 +50,8 @@ class SplitData:
     ids: list[str] | None = None
     captions: list[list[str]] | None = None
     items: list["MatchItem"] | None = None
+    metadata: list[dict] | None = None
+    associations: list["Association"] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,17 @@ def check_item(images: list, captions, label, where: str) -> None:
         raise EvalbenchError(f"{where}: label: index {label} outside the {len(captions)} candidate captions")
     if len(captions) < 2:
         raise EvalbenchError(f"{where}: captions: one caption is no choice; an item needs at least 2 candidates")
+
+
+@dataclass(frozen=True)
+class Association:
+    """One image-association question (WinoGAViL): a text ``cue``, its candidate ``images`` (rows
+    of the split's dataset) and ``answers``, the positions within ``images`` of the candidates
+    that go with the cue."""
+
+    cue: str
+    images: tuple[int, ...]
+    answers: tuple[int, ...]
 
 
 class Source(Protocol):

@@ -2,7 +2,9 @@
 
 A local folder may be a ``save_to_disk`` folder or anything ``load_dataset`` reads (parquet files,
 an imagefolder). Label names come from a ``ClassLabel`` column, or from the distinct values of a
-string label column.
+string label column. Per-sample metadata is the row's other scalar columns (or those named in
+``metadata_columns``). Image-association data (WinoGAViL) has, per row, a cue, a list of candidate
+images with their names, and the names of the candidates that go with the cue.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch.utils.data import Dataset
 
 from evalbench.errors import EvalbenchError, MissingSplitError
 from evalbench.hub import is_offline_error
-from evalbench.sources.base import MatchItem, SourceConfig, SplitData, check_item, data_fingerprint
+from evalbench.sources.base import Association, MatchItem, SourceConfig, SplitData, check_item, data_fingerprint
 
 
 class HFConfig(SourceConfig):
@@ -34,6 +36,14 @@ class HFConfig(SourceConfig):
     image_columns: list[str] | None = Field(default=None, min_length=2, max_length=2)
     caption_columns: list[str] | None = Field(default=None, min_length=2)
     subset_column: str | None = None
+    # Per-sample metadata: these columns; default every column of plain values (strings,
+    # numbers) other than the image, label, caption and id columns.
+    metadata_columns: list[str] | None = None
+    # Image association (type: association): per row a text cue, a list of candidate images in
+    # image_column, their names in candidates_column, and the names that go with the cue.
+    cue_column: str | None = None
+    candidates_column: str | None = None
+    answers_column: str | None = None
 
 
 class HFImages(Dataset):
@@ -62,6 +72,24 @@ class HFItemImages(Dataset):
     def __getitem__(self, i: int):
         row, j = divmod(i, len(self.columns))
         return self.table[row][self.columns[j]].convert("RGB"), 0
+
+
+class HFImageLists(Dataset):
+    """Images of a column holding a list of images per row, flattened: item i is image
+    ``positions[i] = (row, j)``."""
+
+    def __init__(self, table, image_column: str, positions: list[tuple[int, int]]):
+        self.table = table.select_columns([image_column])
+        self.image_column = image_column
+        self.positions = positions
+        self.labels = [0] * len(positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int):
+        row, j = self.positions[i]
+        return self.table[row][self.image_column][j].convert("RGB"), 0
 
 
 class HFSource:
@@ -131,16 +159,20 @@ class HFSource:
         table = self._load(split)
         cfg = self.config
         label_column = None if cfg.caption_column else cfg.label_column
-        for column in (cfg.image_column, label_column, cfg.caption_column, cfg.id_column):
+        for column in (cfg.image_column, label_column if not cfg.cue_column else None, cfg.caption_column,
+                       cfg.id_column, cfg.cue_column):
             if column and column not in table.column_names:
                 raise EvalbenchError(
                     f"dataset: column '{column}' not in {cfg.path} (columns: {', '.join(table.column_names)})"
                 )
         ids = [str(v) for v in table[cfg.id_column]] if cfg.id_column else None
+        if cfg.cue_column:
+            return self._associations(table, ids)
+        metadata = self._metadata(table)
         if cfg.caption_column:
             captions = [[c] if isinstance(c, str) else list(c) for c in table[cfg.caption_column]]
             labels = [0] * len(captions)
-            return SplitData(HFImages(table, cfg.image_column, labels), labels, None, ids, captions)
+            return SplitData(HFImages(table, cfg.image_column, labels), labels, None, ids, captions, metadata)
         if label_column is None:
             raise EvalbenchError("dataset.label_column: required for classification data")
         feature = table.features[cfg.label_column]
@@ -156,7 +188,58 @@ class HFSource:
             labels = [index[v] for v in raw]
         else:
             names, labels = None, [int(v) for v in raw]
-        return SplitData(HFImages(table, cfg.image_column, labels), labels, names, ids)
+        return SplitData(HFImages(table, cfg.image_column, labels), labels, names, ids, metadata=metadata)
+
+    def _metadata(self, table) -> list[dict] | None:
+        """The metadata columns of every row (read from the arrow table, no image is decoded)."""
+        cfg = self.config
+        if cfg.metadata_columns is not None:
+            columns = cfg.metadata_columns
+            missing = [c for c in columns if c not in table.column_names]
+            if missing:
+                raise EvalbenchError(
+                    f"dataset.metadata_columns: column '{missing[0]}' not in {cfg.path} "
+                    f"(columns: {', '.join(table.column_names)})"
+                )
+        else:
+            taken = {cfg.image_column, cfg.label_column, cfg.caption_column, cfg.id_column}
+            columns = [c for c, f in table.features.items()
+                       if c not in taken and type(f).__name__ in ("Value", "ClassLabel")]
+        if not columns:
+            return None
+        return table.select_columns(columns).to_pandas().to_dict("records")
+
+    def _associations(self, table, ids: list[str] | None) -> SplitData:
+        """Association rows flattened: one dataset item per candidate image, and per row an
+        Association whose answers are the candidates named in answers_column."""
+        cfg = self.config
+        for key in ("candidates_column", "answers_column"):
+            column = getattr(cfg, key)
+            if column is None:
+                raise EvalbenchError(f"dataset.{key}: required with cue_column")
+            if column not in table.column_names:
+                raise EvalbenchError(f"dataset.{key}: column '{column}' not in {cfg.path}")
+        positions, associations = [], []
+        for row, (cue, candidates, answers) in enumerate(
+            zip(table[cfg.cue_column], table[cfg.candidates_column], table[cfg.answers_column])
+        ):
+            unknown = [a for a in answers if a not in candidates]
+            if unknown:
+                raise EvalbenchError(
+                    f"dataset.{cfg.answers_column}: row {row} names '{unknown[0]}', not one of its candidates"
+                )
+            start = len(positions)
+            positions += [(row, j) for j in range(len(candidates))]
+            answer_set = set(answers)
+            associations.append(Association(
+                str(cue), tuple(range(start, len(positions))),
+                tuple(j for j, c in enumerate(candidates) if c in answer_set),
+            ))
+        labels = [0] * len(positions)
+        if ids is not None:
+            ids = [f"{ids[row]}/{j}" for row, j in positions]
+        return SplitData(HFImageLists(table, cfg.image_column, positions), labels, None, ids,
+                         associations=associations)
 
     def load_matching(self, split: str) -> SplitData:
         """Matching items, one per row, from the columns the config names; EvalbenchError

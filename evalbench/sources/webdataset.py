@@ -3,7 +3,10 @@
 Layout: ``SPLIT/nshards.txt`` and ``SPLIT/0.tar ...`` whose members are ``KEY.{png,jpg,jpeg,webp}``
 plus ``KEY.cls`` (an integer label); ``classnames.txt`` and
 ``zeroshot_classification_templates.txt`` at the root. Retrieval data (``dataset_type.txt`` at the
-root says ``retrieval``) has ``KEY.txt`` members instead, one caption per line. Matching data
+root says ``retrieval``) has ``KEY.txt`` members instead, one caption per line. Per-sample
+metadata comes from a ``KEY.json`` member (an object) or a ``KEY.npy`` member (a 1-D array, as in
+DataComp's WILDS and fairness mirrors, whose entries ``metadata_fields`` names in order).
+Matching data
 (``type: matching`` tasks) has ``KEY.json`` members holding an item as in the jsonl source
 (``captions``, ``label``, optional ``subset``) with the image in ``KEY.jpg``, or the two images
 of a Winoground group in ``KEY.0.jpg`` and ``KEY.1.jpg``. ``path`` is a local folder or a hub
@@ -20,6 +23,7 @@ import os
 import tarfile
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -34,6 +38,9 @@ HUB_PREFIXES = ("hf://datasets/", "https://huggingface.co/datasets/")
 class WebDatasetConfig(SourceConfig):
     path: str
     revision: str | None = None
+    # Names of the entries of each sample's .npy metadata array, in order (DataComp's mirrors
+    # store WILDS' integer-coded metadata this way, e.g. [region, year, y] for FMoW).
+    metadata_fields: list[str] | None = None
 
 
 class TarImages(Dataset):
@@ -68,8 +75,29 @@ def _read_lines(path: Path) -> list[str] | None:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def index_tar(tar_path: Path) -> list[tuple[str, tuple[str, int, int] | None, int | list[str] | None]]:
-    """(key, image entry, label or captions) per sample of one shard, in member order."""
+def _metadata(data: bytes, ext: str, fields: list[str] | None, where: str) -> dict:
+    """A sample's .json (an object) or .npy (entries named by ``fields``) member as a dict."""
+    if ext == "json":
+        try:
+            value = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise EvalbenchError(f"dataset.path: {where}: not valid JSON ({e})") from None
+        if not isinstance(value, dict):
+            raise EvalbenchError(f"dataset.path: {where}: expected a JSON object, got {type(value).__name__}")
+        return value
+    array = np.load(io.BytesIO(data), allow_pickle=False).ravel()
+    if fields is None:
+        raise EvalbenchError(f"dataset.metadata_fields: needed to read {where} (a .npy array of {array.size} values)")
+    if len(fields) != array.size:
+        raise EvalbenchError(f"dataset.metadata_fields: names {len(fields)} fields but {where} holds {array.size} values")
+    return dict(zip(fields, array.tolist()))
+
+
+def index_tar(
+    tar_path: Path, metadata_fields: list[str] | None = None
+) -> list[tuple[str, tuple[str, int, int] | None, int | list[str] | None, dict | None]]:
+    """(key, image entry, label or captions, metadata or None) per sample of one shard, in
+    member order."""
     samples: dict[str, dict] = {}
     with tarfile.open(tar_path) as tar:
         for member in tar:
@@ -87,7 +115,11 @@ def index_tar(tar_path: Path) -> list[tuple[str, tuple[str, int, int] | None, in
             elif ext == "txt":
                 text = tar.extractfile(member).read().decode("utf-8")
                 sample["target"] = [line.strip() for line in text.splitlines() if line.strip()]
-    return [(k, s.get("image"), s.get("target")) for k, s in samples.items()]
+            elif ext in ("json", "npy"):
+                data = tar.extractfile(member).read()
+                where = f"{tar_path.name}:{member.name}"
+                sample["metadata"] = {**sample.get("metadata", {}), **_metadata(data, ext, metadata_fields, where)}
+    return [(k, s.get("image"), s.get("target"), s.get("metadata")) for k, s in samples.items()]
 
 
 def index_matching_tar(tar_path: Path) -> list[tuple[str, list[tuple[str, int, int]], dict | None]]:
@@ -171,18 +203,23 @@ class WebDatasetSource:
             raise EvalbenchError(f"dataset.path: shard {missing[0] if missing else split_dir / '0.tar'} not found")
         retrieval = (_read_lines(root / "dataset_type.txt") or ["classification"])[0] == "retrieval"
         member = ".txt caption" if retrieval else ".cls label"
-        entries, targets, ids = [], [], []
+        entries, targets, ids, metadata = [], [], [], []
         for tar_path in tars:
-            for key, image, target in index_tar(tar_path):
+            for key, image, target, meta in index_tar(tar_path, self.config.metadata_fields):
                 if image is None or target is None or isinstance(target, list) != retrieval:
                     raise EvalbenchError(f"dataset.path: {tar_path}: sample '{key}' lacks an image or a {member}")
                 entries.append(image)
                 targets.append(target)
                 ids.append(f"{split}/{key}")
+                metadata.append(meta)
+        # Metadata is all or nothing: a split where only some samples carry it has None for the
+        # others, and the task's group_by check names the first sample without the field.
+        if not any(m is not None for m in metadata):
+            metadata = None
         if retrieval:
             labels = [0] * len(entries)
-            return SplitData(TarImages(entries, labels), labels, None, ids, targets)
-        return SplitData(TarImages(entries, targets), targets, self.classnames(), ids)
+            return SplitData(TarImages(entries, labels), labels, None, ids, targets, metadata)
+        return SplitData(TarImages(entries, targets), targets, self.classnames(), ids, metadata=metadata)
 
     def load_matching(self, split: str) -> SplitData:
         """Matching items, one per ``KEY.json``; EvalbenchError naming the shard and key of the

@@ -9,10 +9,10 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evalbench.errors import EvalbenchError
 from evalbench.tasks.spec import TaskSpec
@@ -65,10 +65,33 @@ class Task:
 
 
 class SuiteSpec(BaseModel):
+    """A named list of tasks. ``aggregates`` (optional) names means over some of its tasks that
+    the report prints beside the suite mean (DataComp's "VTAB", "Retrieval", ...); ``all``
+    stands for every task of the suite."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     description: str = ""
     tasks: list[str] = Field(min_length=1)
+    aggregates: dict[str, list[str] | Literal["all"]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _aggregates_in_suite(self) -> "SuiteSpec":
+        for name, tasks in self.aggregates.items():
+            if tasks == "all":
+                continue
+            if not tasks:
+                raise ValueError(f"aggregates.{name}: lists no task")
+            outside = [t for t in tasks if t not in self.tasks]
+            if outside:
+                raise ValueError(f"aggregates.{name}: task '{outside[0]}' is not in the suite's tasks")
+            if len(set(tasks)) != len(tasks):
+                raise ValueError(f"aggregates.{name}: a task is listed twice")
+        return self
+
+    def aggregate_tasks(self) -> dict[str, list[str]]:
+        """Each aggregate's tasks, with ``all`` expanded."""
+        return {name: list(self.tasks) if tasks == "all" else list(tasks) for name, tasks in self.aggregates.items()}
 
 
 def read_yaml(path: Path) -> Any:

@@ -14,14 +14,30 @@ RETRIEVAL_METRICS = (
 # Matching tasks (compositionality): ``acc`` for one image against candidate captions, the
 # Winoground scores for 2x2 groups. See evalbench.metrics.
 MATCHING_METRICS = ("acc", "text_score", "image_score", "group_score")
+# Metrics of groups read from per-sample metadata (``group_by``); they need a group field.
+GROUP_METRICS = ("worst_group_acc1", "worst_group_acc5")
+# Image-association tasks (WinoGAViL): mean Jaccard index over cues with 5-6 / 10-12 candidates.
+ASSOCIATION_METRICS = ("jaccard_score_10-12", "jaccard_score_5-6", "avg_jaccard_score")
 MainMetric = Literal[
-    "acc1", "acc5", "mean_per_class_recall", "map_11pt", "roc_auc",
+    "acc1", "acc5", "mean_per_class_recall", "map_11pt", "roc_auc", "f1_macro",
+    "worst_group_acc1", "worst_group_acc5",
     "acc", "text_score", "image_score", "group_score",
     "mean_recall@1",
     "image_retrieval_recall@1", "image_retrieval_recall@5", "image_retrieval_recall@10",
     "text_retrieval_recall@1", "text_retrieval_recall@5", "text_retrieval_recall@10",
+    "jaccard_score_10-12", "jaccard_score_5-6", "avg_jaccard_score",
 ]
-TaskType = Literal["classification", "multilabel", "retrieval", "matching"]
+# DataComp's names (tasklist.yml, from WILDS' metric fields) for the same metrics, accepted in
+# ``main_metric`` so a task can be written as DataComp lists it; the record keeps the name on
+# the right. acc_worst_region and acc_wg are both the lowest per-group top-1 accuracy (DataComp
+# names it after FMoW's region grouping, or WILDS' generic "worst group").
+METRIC_ALIASES = {
+    "acc_worst_region": "worst_group_acc1",
+    "acc_wg": "worst_group_acc1",
+    "acc_top5_wg": "worst_group_acc5",
+    "F1-macro_all": "f1_macro",
+}
+TaskType = Literal["classification", "multilabel", "retrieval", "matching", "association"]
 
 
 class _Strict(BaseModel):
@@ -70,11 +86,29 @@ class TaskSpec(_Strict):
     label_match: Literal["name", "index"] = "name"
     class_subset: list[int] | None = Field(default=None, min_length=2)  # indices into classnames
     templates: list[str] | None = Field(default=None, min_length=1)
-    main_metric: MainMetric | None = None  # default: acc1, mean_recall@1 for retrieval, acc for matching
+    main_metric: MainMetric | None = None  # default: acc1, mean_recall@1 for retrieval, acc for matching, jaccard_score_10-12 for association
     # Matching tasks only: subset name -> keys merged over ``dataset`` (e.g. another path and
     # revision), for benchmarks published as one dataset per subset. Every item of a part
     # belongs to that subset.
     subsets: dict[str, dict] | None = Field(default=None, min_length=1)
+    # Per-sample metadata (see SplitData.metadata): the field whose value puts a test image in a
+    # group (worst-group metrics, per-group values in the record), the groups the data must
+    # contain (each needs at least one image, so a worst-group number never silently skips
+    # one), and a field to read the class label from instead of the source's own label.
+    group_by: str | None = None
+    groups: list[str] | None = Field(default=None, min_length=1)
+    label_field: str | None = None
+
+    @field_validator("main_metric", mode="before")
+    @classmethod
+    def _metric_alias(cls, v):
+        return METRIC_ALIASES.get(v, v) if isinstance(v, str) else v
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _groups_as_str(cls, v):
+        # Group values may be written as numbers (WILDS codes regions as integers).
+        return [str(g) for g in v] if isinstance(v, list) else v
 
     @field_validator("version", mode="before")
     @classmethod
@@ -93,9 +127,19 @@ class TaskSpec(_Strict):
     def _metric_fits_type(self) -> "TaskSpec":
         retrieval = self.type == "retrieval"
         matching = self.type == "matching"
+        association = self.type == "association"
         if self.main_metric is None:
-            default = "mean_recall@1" if retrieval else "acc" if matching else "acc1"
+            default = ("mean_recall@1" if retrieval else "acc" if matching
+                       else "jaccard_score_10-12" if association else "acc1")
             object.__setattr__(self, "main_metric", default)
+        if association != (self.main_metric in ASSOCIATION_METRICS):
+            raise ValueError(f"main_metric: {self.main_metric} does not apply to a {self.type} task")
+        if association and (self.classnames or self.templates or self.class_subset):
+            raise ValueError("type: association tasks take cues and candidate images from the data, not classnames or templates")
+        if self.main_metric in GROUP_METRICS and self.group_by is None:
+            raise ValueError(f"main_metric: {self.main_metric} needs group_by (the metadata field of the groups)")
+        if self.groups is not None and self.group_by is None:
+            raise ValueError("groups: needs group_by")
         if retrieval != (self.main_metric in RETRIEVAL_METRICS):
             raise ValueError(f"main_metric: {self.main_metric} does not apply to a {self.type} task")
         if matching != (self.main_metric in MATCHING_METRICS):
