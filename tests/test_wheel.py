@@ -142,3 +142,23 @@ def test_run_with_relative_folders_outside_the_repository(installed):
     # demo-final scores 78% on the 500 test digits (README); chance is 10%.
     assert record["results"]["zeroshot"]["acc1"] >= 0.5
     assert (installed.outside / "cache" / "generated").is_dir(), "the data was not generated under --cache-dir"
+
+
+def test_python_api_from_outside_the_repository(installed):
+    """The README's one-liner: ``import evalbench`` and ``evaluate`` print a table from any folder;
+    a bad setting is one clear ValueError naming it."""
+    script = (
+        "import evalbench\n"
+        "t = evalbench.evaluate(['demo-final'], ['digits'], modes=['zeroshot'], limit=50, progress=False)\n"
+        "print(t.to_csv(index=False))\n"
+        "try:\n"
+        "    evalbench.evaluate(['demo-final'], ['digits'], modes=['zero-shot'])\n"
+        "except ValueError as e:\n"
+        "    print('ERROR', type(e).__name__, e)\n"
+    )
+    out = _run([installed.python, "-c", script], cwd=installed.outside, env=installed.env).stdout
+    rows = [line.split(",") for line in out.splitlines() if line.startswith("demo-final,digits,zeroshot,")]
+    assert {r[3] for r in rows} >= {"acc1", "main_score"}
+    assert float(next(r[4] for r in rows if r[3] == "acc1")) >= 0.5
+    assert "ERROR EvalbenchError modes: 'zero-shot' is not allowed (allowed: zeroshot, linear_probe)" in out
+    assert (installed.outside / "results" / "demo-final" / "digits.json").is_file()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -51,10 +51,13 @@ class ValFraction(_Strict):
     seed: int = 0
 
 
+SplitName = Annotated[str, Field(min_length=1)]
+
+
 class Splits(_Strict):
-    test: str
-    train: str | None = None
-    val: str | ValFraction | None = None
+    test: SplitName
+    train: SplitName | None = None
+    val: SplitName | ValFraction | None = None
 
     @model_validator(mode="after")
     def _val_needs_train(self) -> "Splits":
