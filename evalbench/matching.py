@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from evalbench import distributed
 from evalbench.config import RunConfig
 from evalbench.data import seeded_rows
-from evalbench.errors import EvalbenchError
+from evalbench.errors import EvalbenchError, MissingSplitError
 from evalbench.metrics import caption_choice, macro_average, per_subset, winoground_outcomes
 from evalbench.models import LazyModel
 from evalbench.records import pack_matching
@@ -73,6 +73,8 @@ def load_parts(task: Task, config: RunConfig) -> list[Part]:
             )
         try:
             split = source.load_matching(split_name)
+        except MissingSplitError as e:
+            raise e.for_task(task.name, f"{task.path}: ") from None
         except EvalbenchError as e:
             if str(e).startswith(str(task.path)):
                 raise

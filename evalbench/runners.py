@@ -312,6 +312,17 @@ def run_association(model: LazyModel, task: Task, config: RunConfig) -> dict:
     return {"retrieval": result}
 
 
+def _test_only(model: LazyModel, task: Task, mode: str, runner) -> tuple[dict, list[SkippedMode]]:
+    """``runner()``'s results for a task type that reads only its test split; a test split the
+    source lacks skips the task's one ``mode`` (logged and returned) instead of failing the run."""
+    try:
+        return runner(), []
+    except MissingSplitError as e:
+        skip = SkippedMode(model.spec.name, task.name, mode, e.split, tuple(e.available), e.where)
+        log.warning("%s", skip)
+        return {}, [skip]
+
+
 def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) -> tuple[dict, list[SkippedMode]]:
     """Results per mode for one (model, task), and the modes not run because the task's source
     lacks a split they need (a missing train or val skips the probes, a missing test every
@@ -319,21 +330,11 @@ def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) 
     if task.spec.type == "retrieval":
         return run_retrieval(model, task, config)
     if task.spec.type == "association":
-        try:
-            return run_association(model, task, config), []
-        except MissingSplitError as e:
-            skip = SkippedMode(model.spec.name, task.name, "retrieval", e.split, tuple(e.available), e.where)
-            log.warning("%s", skip)
-            return {}, [skip]
+        return _test_only(model, task, "retrieval", lambda: run_association(model, task, config))
     if task.spec.type == "matching":
         from evalbench.matching import run_matching  # matching.py builds on this module's helpers
 
-        try:
-            return run_matching(model, task, config), []
-        except MissingSplitError as e:
-            skip = SkippedMode(model.spec.name, task.name, "zeroshot", e.split, tuple(e.available), e.where)
-            log.warning("%s", skip)
-            return {}, [skip]
+        return _test_only(model, task, "zeroshot", lambda: run_matching(model, task, config))
     data = load_task_data(task, _roles(modes), config.cache_dir, config.limit, config.seed, allow_missing=True)
     modes, not_run = _skip_missing(model, task, modes, data)
     if not modes:

@@ -59,6 +59,7 @@ def mutate(task: dict, path: tuple, action: str, value) -> dict:
 @example(mutations=[(("dataset", "source"), "set", [])])  # once crashed validate_dataset: unhashable list
 @example(mutations=[(("splits", "train"), "set", "")])  # an empty split name once reached the probe
 @example(mutations=[(("splits", "test"), "set", "{c}")])  # a split the data lacks: exit 1, not a crash
+@example(mutations=[(("splits", "val"), "set", {"\x1e": None})])  # a control character in a key: still one line
 def test_mutated_task_fails_cleanly_or_runs(mutations, tmp_path, imagefolder_root, tiny_arch, capsys):
     task = base_task(imagefolder_root)
     for path, action, value in mutations:

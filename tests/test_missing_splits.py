@@ -264,3 +264,25 @@ def test_builtin_tasks_name_only_splits_their_mirror_has(task, listed):
     splits = task.spec.splits
     named = {s for s in (splits.train, splits.val, splits.test) if isinstance(s, str)}
     assert named <= listed, f"{task.path}: splits {sorted(named - listed)} not in the mirror ({sorted(listed)})"
+
+
+def test_matching_task_without_its_test_split_is_a_skip(tmp_path, tiny_arch, imagefolder_root, capsys):
+    """A matching task whose folder has no test.jsonl: nothing written for it, the mode named in
+    the summary, exit 1."""
+    folder = tmp_path / "items"
+    folder.mkdir()
+    shutil.copy(next((imagefolder_root / "test" / "red").glob("*.png")), folder / "0.png")
+    (folder / "val.jsonl").write_text(json.dumps({"image": "0.png", "captions": ["red", "blue"], "label": 0}) + "\n")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "items.yaml").write_text(
+        "name: items\nversion: 1\ndescription: d\ntype: matching\n"
+        f"dataset: {{source: jsonl, path: {folder}}}\nsplits: {{test: test}}\n"
+    )
+    capsys.readouterr()
+    rc = run_cli("--model", f"tiny={tiny_arch}", "--tasks", "items", "--tasks-dir", str(tasks),
+                 "--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"))
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "tiny / items / zeroshot not run: no split 'test'" in err and "(the source has: val)" in err
+    assert not (tmp_path / "r" / "tiny" / "items.json").exists()

@@ -145,9 +145,11 @@ def resolve_includes(path: Path, _stack: tuple[Path, ...] = ()) -> dict:
 def _pydantic_problems(path: Path, err: ValidationError, prefix: str = "") -> list[str]:
     problems = []
     for e in err.errors():
-        field = prefix + ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        # A key with control characters is shown escaped, so the problem stays one line.
+        parts = [str(p) if str(p).isprintable() else repr(str(p)) for p in e["loc"]]
+        field = prefix + ".".join(p for p in parts if not p.startswith("function-"))
         # Union members add their type name to the location; drop those for a readable path.
-        field = re.sub(r"\.(str|ValFraction|list\[str\]|int|float)\b", "", field)
+        field = re.sub(r"\.(constrained-str|str|ValFraction|list\[str\]|int|float)\b", "", field)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
