@@ -24,7 +24,6 @@ from evalbench.tasks.spec import ValFraction
 log = logging.getLogger(__name__)
 
 DEFAULT_VAL = ValFraction(fraction=0.2, seed=0)
-log = logging.getLogger(__name__)
 
 
 def normalise_name(name: str) -> str:

@@ -194,41 +194,50 @@ def _nan_free_rows(x: np.ndarray, chunk: int = 65536) -> np.ndarray | None:
     return ~bad if bad.any() else None
 
 
-def _classifier(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> torch.Tensor:
-    """The zero-shot text classifier, from the cache when the same prompts were encoded before."""
+def _cached_text(model: LazyModel, config: RunConfig, key_of, encode, meta: dict) -> np.ndarray:
+    """Text embeddings from the cache under ``key_of()``, else ``encode(adapter)`` saved there.
+    The key is made again once the model is loaded: loading may resolve the weights anew (a hub
+    commit just downloaded), and the embeddings are filed under what was actually loaded."""
     cache = FeatureCache(config.cache_dir if config.use_cache else None)
-    cached = cache.load_text(classifier_key(model, data.classnames, data.templates, config.precision))
+    cached = cache.load_text(key_of())
     if cached is not None:
-        return torch.from_numpy(cached)
+        return cached
     adapter = model.get()
-    key = classifier_key(model, data.classnames, data.templates, config.precision)  # as loaded, see _features
+    key = key_of()
     cached = cache.load_text(key)
     if cached is not None:
-        return torch.from_numpy(cached)
-    with autocast(adapter.device, config.precision), torch.inference_mode():
-        classifier = build_zeroshot_classifier(adapter, data.classnames, data.templates, progress=config.progress)
-    classifier = classifier.float().cpu()
-    cache.save_text(key, classifier.numpy(), {"model": model.spec.name, "task": task.name,
-                                               "classes": len(data.classnames)})
-    return classifier
+        return cached
+    out = encode(adapter)
+    cache.save_text(key, out, meta)
+    return out
+
+
+def _classifier(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> torch.Tensor:
+    """The zero-shot text classifier, from the cache when the same prompts were encoded before."""
+
+    def encode(adapter) -> np.ndarray:
+        with autocast(adapter.device, config.precision), torch.inference_mode():
+            classifier = build_zeroshot_classifier(adapter, data.classnames, data.templates, progress=config.progress)
+        return classifier.float().cpu().numpy()
+
+    return torch.from_numpy(_cached_text(
+        model, config, lambda: classifier_key(model, data.classnames, data.templates, config.precision), encode,
+        {"model": model.spec.name, "task": task.name, "classes": len(data.classnames)},
+    ))
 
 
 def text_features(model: LazyModel, texts: list[str], config: RunConfig, task: Task) -> np.ndarray:
     """Caption embeddings, from the cache when the same captions were encoded before."""
-    cache = FeatureCache(config.cache_dir if config.use_cache else None)
     texts_digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
-    cached = cache.load_text({**model_key(model), "texts": texts_digest, "precision": config.precision})
-    if cached is not None:
-        return cached
-    adapter = model.get()
-    key = {**model_key(model), "texts": texts_digest, "precision": config.precision}  # as loaded, see _features
-    cached = cache.load_text(key)
-    if cached is not None:
-        return cached
-    with autocast(adapter.device, config.precision):
-        feats = encode_texts(adapter, texts, progress=config.progress)
-    cache.save_text(key, feats, {"model": model.spec.name, "task": task.name, "classes": len(texts)})
-    return feats
+
+    def encode(adapter) -> np.ndarray:
+        with autocast(adapter.device, config.precision):
+            return encode_texts(adapter, texts, progress=config.progress)
+
+    return _cached_text(
+        model, config, lambda: {**model_key(model), "texts": texts_digest, "precision": config.precision}, encode,
+        {"model": model.spec.name, "task": task.name, "classes": len(texts)},
+    )
 
 
 def _probe(mode: str, feats: dict, data: TaskData, config: RunConfig, task: Task, model: LazyModel,
