@@ -241,3 +241,12 @@ def test_tensorboard_missing_is_one_line(results, tmp_path, capsys, monkeypatch)
     assert capsys.readouterr().err == (
         "evalbench: error: --tensorboard: needs the tensorboard package (pip install 'evalbench[tensorboard]')\n")
     assert not (tmp_path / "tb").exists() and not out.exists()  # nothing half-written
+
+
+def test_python_report_writes_tensorboard(records, tmp_path):
+    pytest.importorskip("tensorboard")
+    import evalbench
+
+    text = evalbench.report(records=records, format="md", baseline="exp2@3", tensorboard=tmp_path / "tb")
+    assert "### zeroshot (delta vs exp2/epoch_3, points)" in text
+    assert _scalars(tmp_path / "tb" / "exp2")["zeroshot/t1"] == [(1, pytest.approx(50 / N)), (3, pytest.approx(70 / N))]
