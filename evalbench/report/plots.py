@@ -118,6 +118,8 @@ def forest(deltas: pd.DataFrame, title: str) -> bytes:
 def curve_figure(points: pd.DataFrame, title: str):
     """A matplotlib Figure of main score (%) against step: one axes per mode of ``points`` (rows of
     :attr:`Report.curves` for one column), one line per run through its steps in order."""
+    from matplotlib.ticker import MaxNLocator
+
     modes = list(dict.fromkeys(points["mode"]))
     runs = sorted(set(points["run"]))
     fig = _figure(min(14.0, 1.0 + 4.2 * len(modes)), 3.4)
@@ -130,6 +132,7 @@ def curve_figure(points: pd.DataFrame, title: str):
                 ax.plot(part["step"].to_numpy(), part["value"].to_numpy() * 100, "o-", ms=4, label=run,
                         color=colours[run])
         ax.set_title(f"{title} · {mode_label(mode)}", fontsize="medium")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.set_xlabel("step")
         ax.set_ylabel("main score (%)")
         ax.grid(alpha=0.3)
