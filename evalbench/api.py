@@ -319,12 +319,16 @@ def report(
     seed: int = 0,
     published: bool = False,
     published_tolerance: float | None = None,
+    tensorboard: str | Path | None = None,
 ) -> str:
     """The report of every record under ``results_dir`` (or of ``records``) as text in
     ``format`` (md, csv, latex, json, html), with deltas against ``baseline`` when given, and
     open_clip's published figures beside each ``ARCH@TAG`` record with ``published`` (differences
     past ``published_tolerance`` points flagged, default 0.5); also written atomically to
-    ``output`` when given. Raises EvalbenchError for an unknown format or baseline."""
+    ``output`` when given. ``baseline`` is a model name or ``RUN@STEP`` (a checkpoint of a run);
+    with ``tensorboard``, each checkpoint's main scores are also written there as TensorBoard
+    scalars, one subfolder per run. Raises EvalbenchError for an unknown format or baseline, or
+    ``tensorboard`` without the tensorboard package or without records that have a step."""
     from evalbench.fileio import atomic_write_text
     from evalbench.report import CompareOptions, build_report, render_report
     from evalbench.report.formats import renderer
@@ -340,6 +344,10 @@ def report(
     built = build_report(records, TaskRegistry(dirs).suites(), baseline, CompareOptions(resamples=resamples, seed=seed),
                          published_tolerance)
     text = render_report(built, format)
+    if tensorboard is not None:
+        from evalbench.report.tensorboard import write_tensorboard
+
+        write_tensorboard(built, tensorboard)
     if output is not None:
         atomic_write_text(Path(output), text)
     return text

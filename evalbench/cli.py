@@ -156,15 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = _sub(
         sub, "report", "tables of results, deltas against a baseline with paired intervals, plots",
-        "evalbench report --baseline demo-early --format html --output report.html",
+        "evalbench report --baseline demo-early --format html --output report.html\n"
+        "  evalbench report --baseline exp1@8 --plots plots/ --tensorboard runs/tb   # checkpoints of a run",
     )
     report.add_argument("--results-dir", type=Path, default=Path("results"))
     report.add_argument("--format", default="md", choices=FORMATS)
     report.add_argument("--output", type=Path, default=None, help="write here instead of standard output")
-    report.add_argument("--baseline", default=None, metavar="NAME", help="model to compare every other model against")
+    report.add_argument("--baseline", default=None, metavar="NAME|RUN@STEP",
+                        help="model to compare every other model against, or the checkpoint of run RUN at step STEP")
     report.add_argument("--resamples", type=_positive_int, default=1000, help="paired bootstrap resamples")
     report.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    report.add_argument("--plots", type=Path, default=None, metavar="DIR", help="also write the plots as PNG files here")
+    report.add_argument("--plots", type=Path, default=None, metavar="DIR",
+                        help="also write the plots as PNG files here (curves over steps in DIR/curves/)")
+    report.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                        help="also write each checkpoint's main scores as TensorBoard scalars, one subfolder per run")
     report.add_argument("--published", action="store_true",
                         help="beside every open_clip ARCH@TAG record, its published zero-shot figure and ours minus it")
     report.add_argument("--published-tolerance", type=float, default=None, metavar="POINTS",
@@ -309,7 +314,7 @@ def cmd_models(args) -> int:
 def cmd_report(args) -> int:
     from evalbench.fileio import atomic_write_text
     from evalbench.report import CompareOptions, build_report, load_records, render_report
-    from evalbench.report.plots import write_plots
+    from evalbench.report.plots import INSTALL_HINT, have_matplotlib, write_plots
     from evalbench.report.published import DEFAULT_TOLERANCE
     from evalbench.tasks.loader import TaskRegistry
 
@@ -320,6 +325,13 @@ def cmd_report(args) -> int:
     report = build_report(load_records(args.results_dir), TaskRegistry(args.tasks_dir).suites(), args.baseline, options,
                           published_tolerance=tolerance, per_group=args.per_group)
     text = render_report(report, args.format)
+    if args.plots and not have_matplotlib():  # checked before anything is written
+        raise EvalbenchError(f"--plots: needs matplotlib ({INSTALL_HINT})")
+    if args.tensorboard:
+        from evalbench.report.tensorboard import write_tensorboard
+
+        runs = write_tensorboard(report, args.tensorboard)
+        log.info("wrote TensorBoard scalars of %d run(s) to %s", len(runs), args.tensorboard)
     if args.plots:
         written = write_plots(report, args.plots)
         log.info("wrote %d plots to %s", len(written), args.plots)

@@ -31,7 +31,8 @@ def demo_run(tmp_path_factory):
 
 def test_evaluate_returns_the_long_table_of_the_record(demo_run):
     root, table = demo_run
-    assert list(table.columns) == ["model", "task", "mode", "metric", "value"]
+    assert list(table.columns) == ["model", "task", "mode", "metric", "value", "step"]
+    assert table["step"].isna().all()  # a bundled model, not a checkpoint of a run
     assert set(table["model"]) == {"demo-final"} and set(table["task"]) == {"digits"}
     assert set(table["mode"]) == {"zeroshot"}
     record = json.loads((root / "results" / "demo-final" / "digits.json").read_text())

@@ -122,7 +122,8 @@ def test_suite_mean_of_m2_is_not_its_alpha_score(setup, capsys):
 def test_csv_long_table(setup, capsys):
     results, tasks = setup
     table = pd.read_csv(io.StringIO(report(capsys, results, tasks, "csv")))
-    assert list(table.columns) == ["model", "task", "mode", "metric", "value"]
+    assert list(table.columns) == ["model", "task", "mode", "metric", "value", "step"]
+    assert table["step"].isna().all()
     raw = table[table.metric.isin(RAW_METRICS)]
     expected = {
         (model, task, mode, metric): metrics_for(score)[metric]

@@ -89,7 +89,8 @@ def test_markdown_without_baseline_is_unchanged_in_shape(records):
 
 def test_csv_long_table_with_derived_rows(records):
     frame = pd.read_csv(io.StringIO(render(records, SUITES, "csv", baseline="A")))
-    assert list(frame.columns) == ["model", "task", "mode", "metric", "value"]
+    assert list(frame.columns) == ["model", "task", "mode", "metric", "value", "step"]
+    assert frame["step"].isna().all()  # no record has a step: the column is empty
     get = lambda **kw: frame.loc[np.logical_and.reduce([frame[k] == v for k, v in kw.items()]), "value"]  # noqa: E731
     assert get(model="B", task="t1", mode="zeroshot", metric="acc1").item() == pytest.approx(0.65)
     assert get(model="A", task="t1", mode="linear_probe@4", metric="acc1_std").item() == pytest.approx(0.02)

@@ -12,6 +12,7 @@ from evalbench.records import Record, iter_records, load_record
 from evalbench.report.compare import CompareOptions, baseline_deltas
 from evalbench.report.groups import per_group_table, worst_group_table
 from evalbench.report.published import check_tolerance, published_table
+from evalbench.report.runs import checkpoint_models, curve_series, order_keys, resolve_baseline
 from evalbench.report.tables import aggregate_tables, long_table, main_score_tables, rank_table
 from evalbench.tasks.loader import SuiteSpec
 
@@ -26,7 +27,10 @@ class Report:
     ``published_tolerance`` points.
     ``aggregates``: per suite with aggregates, models x aggregate means (zero-shot modes pooled).
     ``worst_groups``: worst-group metrics with within-group bootstrap intervals; ``per_group``:
-    every group's values (rendered only when ``show_per_group``)."""
+    every group's values (rendered only when ``show_per_group``).
+    ``checkpoints``: one row per model with a step (``model``, ``run``, ``step``); ``curves``: the
+    main scores of those over steps, one row per (mode, column, run, step) (see
+    :func:`evalbench.report.runs.curve_series`)."""
 
     long: pd.DataFrame
     scores: dict[str, pd.DataFrame]
@@ -41,6 +45,8 @@ class Report:
     worst_groups: pd.DataFrame | None = None
     per_group: pd.DataFrame | None = None
     show_per_group: bool = False
+    checkpoints: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["model", "run", "step"]))
+    curves: pd.DataFrame | None = None
 
     @property
     def models(self) -> list[str]:
@@ -49,6 +55,11 @@ class Report:
     @property
     def tasks(self) -> list[str]:
         return sorted(set(self.long["task"]))
+
+    @property
+    def steps(self) -> dict[str, int]:
+        """Model -> step, for the models that have one (checkpoints)."""
+        return {m.model: int(m.step) for m in self.checkpoints.itertuples()}
 
 
 def load_records(results_dir: Path | str | None = None, paths: list[Path] | None = None) -> list[Record]:
@@ -77,13 +88,16 @@ def build_report(
 ) -> Report:
     """Everything a report shows; with ``published_tolerance`` (points), also the published
     figures of open_clip checkpoints, differences past it flagged; with ``per_group``, each
-    group's values rendered too. Raises EvalbenchError for an
-    unknown ``baseline``, a negative tolerance, or records of one task whose per-sample
-    predictions differ in length."""
+    group's values rendered too. ``baseline`` is a model name or ``RUN@STEP``, the checkpoint of
+    run RUN at step STEP. Raises EvalbenchError for an unknown ``baseline`` (run or step), a
+    negative tolerance, or records of one task whose per-sample predictions differ in length."""
     options = options or CompareOptions()
     records = as_dicts(records)
+    baseline = resolve_baseline(records, baseline)
+    keys = order_keys(records)
     long = long_table(records)
-    scores = main_score_tables(long, suites, baseline)
+    scores = main_score_tables(long, suites, baseline, keys)
+    checkpoints = checkpoint_models(records)
     main_metric: dict[str, str] = {}
     for r in records:
         main_metric.setdefault(r["task"]["name"], r["task"].get("main_metric", "acc1"))
@@ -101,8 +115,10 @@ def build_report(
         options=options,
         published=published,
         published_tolerance=published_tolerance,
-        aggregates=aggregate_tables(long, suites, baseline),
+        aggregates=aggregate_tables(long, suites, baseline, keys),
         worst_groups=worst_group_table(records, options),
         per_group=per_group_table(records),
         show_per_group=per_group,
+        checkpoints=checkpoints,
+        curves=curve_series(scores, checkpoints),
     )

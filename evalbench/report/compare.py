@@ -17,6 +17,7 @@ from evalbench.report.stats import (
     paired_bootstrap,
     recover_labels,
 )
+from evalbench.report.runs import order_keys
 from evalbench.report.tables import mode_order, model_order
 
 DELTA_COLUMNS = [
@@ -150,12 +151,13 @@ def baseline_deltas(records: list[dict], baseline: str, options: CompareOptions 
     labels: dict[str, np.ndarray | None] = {}
     rows = []
     keys = sorted({(t, m) for t, m, _ in index}, key=lambda tm: (mode_order(tm[1]), tm[0]))
+    others = model_order(models, baseline, order_keys(records))[1:]  # a run's checkpoints by step
     for task, mode in keys:
         base = index.get((task, mode, baseline))
         if base is None or "main_score" not in base:
             continue
         metric = _main_metric(records, task)
-        for model in model_order(models, baseline)[1:]:
+        for model in others:
             other = index.get((task, mode, model))
             if other is None or "main_score" not in other:
                 continue

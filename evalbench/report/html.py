@@ -17,7 +17,7 @@ import pandas as pd
 
 import evalbench
 from evalbench.report.build import Report
-from evalbench.report.plots import INSTALL_HINT, have_matplotlib, report_plots
+from evalbench.report.plots import CURVES_FOLDER, INSTALL_HINT, have_matplotlib, report_plots
 from evalbench.report.published import delta_points, published_legend, published_notes
 from evalbench.report.tables import mode_label, task_columns
 from evalbench.report.text import delta_notes, delta_text, is_significant, significance_legend
@@ -124,6 +124,18 @@ def _table(table_id: str, columns: list[tuple[str, str, str]], rows: list[tuple[
             f'<th data-key="model" data-first="ascending">model</th>{head}</tr></thead><tbody>{body}</tbody></table></div>')
 
 
+def _with_step(report: Report, columns: list, rows: list) -> tuple[list, list]:
+    """A first ``step`` column (sortable as a number; empty for models without a step) when some
+    model is a checkpoint."""
+    steps = report.steps
+    if not steps:
+        return columns, rows
+    cells = {m: (f'<td data-value="{steps[m]}">{steps[m]}</td>' if m in steps else '<td data-value=""></td>')
+             for m, _, _ in rows}
+    return ([("step", "step", ' data-first="ascending"')] + columns,
+            [(m, cls, [cells[m]] + list(tds)) for m, cls, tds in rows])
+
+
 def _is_agg(col: str) -> bool:
     return col.endswith(")") and "(" in col
 
@@ -142,7 +154,7 @@ def _score_table(report: Report, mode: str) -> str:
             text = "" if pd.isna(v) else f"{v * 100:.2f}"
             cells.append(f'<td class="{cls}" data-value="{_attr_value(v)}">{text}</td>')
         rows.append((model, "baseline" if model == report.baseline else "", cells))
-    return _table(f"scores-{mode}", columns, rows)
+    return _table(f"scores-{mode}", *_with_step(report, columns, rows))
 
 
 def _rank_table(report: Report, mode: str) -> str:
@@ -157,7 +169,7 @@ def _rank_table(report: Report, mode: str) -> str:
             text = "" if pd.isna(v) else (f"{v:.2f}" if c.startswith("mean rank(") else f"{v:.0f}")
             cells.append(f'<td class="{"agg" if _is_agg(c) else ""}" data-value="{_attr_value(v)}">{text}</td>')
         rows.append((model, "baseline" if model == report.baseline else "", cells))
-    return _table(f"ranks-{mode}", columns, rows)
+    return _table(f"ranks-{mode}", *_with_step(report, columns, rows))
 
 
 def _delta_cell(row) -> str:
@@ -179,7 +191,7 @@ def _delta_table(report: Report, mode: str) -> str:
     by_key = {(r["model"], r["task"]): r for r in part.to_dict("records")}
     models = [m for m in report.scores[mode].index if m != report.baseline]
     rows = [(m, "", [_delta_cell(by_key.get((m, t))) for t in tasks]) for m in models]
-    return _table(f"deltas-{mode}", [(t, t, "") for t in tasks], rows)
+    return _table(f"deltas-{mode}", *_with_step(report, [(t, t, "") for t in tasks], rows))
 
 
 def _published_section(report: Report) -> str:
@@ -210,15 +222,30 @@ LEGEND = ('<p class="legend"><span class="swatch" style="background:#a9dcae">bet
           '<span class="swatch" style="background:#f2a7a7">worse, significant</span></p>')
 
 
-def _plots_section(report: Report) -> str:
-    if not have_matplotlib():
-        return f'<p class="note" id="no-plots">No plots: matplotlib is not installed ({_e(INSTALL_HINT)}).</p>'
+def _figures(plots: dict[str, bytes]) -> str:
     figures = []
-    for name, png in report_plots(report).items():
+    for name, png in plots.items():
         data = base64.b64encode(png).decode("ascii")
         figures.append(f'<figure><img class="plot" alt="{_e(name)}" src="data:image/png;base64,{data}">'
                        f"<figcaption>{_e(name)}</figcaption></figure>")
     return "".join(figures)
+
+
+def _plots_section(plots: dict[str, bytes] | None) -> str:
+    if plots is None:
+        return f'<p class="note" id="no-plots">No plots: matplotlib is not installed ({_e(INSTALL_HINT)}).</p>'
+    return _figures({k: v for k, v in plots.items() if not k.startswith(CURVES_FOLDER)})
+
+
+def _curves_section(plots: dict[str, bytes] | None) -> str:
+    """Main score against step, one line per run, per task and suite mean (present when some run
+    has two steps or more; without matplotlib the plots section says so, once)."""
+    curves = {k: v for k, v in (plots or {}).items() if k.startswith(CURVES_FOLDER)}
+    if not curves:
+        return ""
+    return ('<section id="curves"><h2>Curves over training steps</h2><p class="note">Main score (%) against '
+            "the checkpoint's step, one line per run; a suite mean only at steps with every task of the suite.</p>"
+            f"{_figures(curves)}</section>")
 
 
 def render_html(report: Report) -> str:
@@ -242,7 +269,9 @@ def render_html(report: Report) -> str:
             sections += f'<p class="note">No interval:</p><ul class="note">{notes}</ul>' if notes else ""
         if report.published is not None:
             sections += _published_section(report)
-        sections += f'<section id="plots"><h2>Plots</h2>{_plots_section(report)}</section>'
+        plots = report_plots(report) if have_matplotlib() else None
+        sections += _curves_section(plots)
+        sections += f'<section id="plots"><h2>Plots</h2>{_plots_section(plots)}</section>'
     meta = f"{len(report.models)} models, {len(report.tasks)} tasks"
     if report.baseline:
         meta += f"; baseline {report.baseline}"

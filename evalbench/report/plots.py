@@ -4,6 +4,7 @@ only, lazily; callers check :func:`have_matplotlib` or catch ImportError."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from evalbench.report.build import Report
 from evalbench.report.tables import mode_label, task_columns
 
 INSTALL_HINT = "pip install 'evalbench[report]'"
+# Curves over training steps are named CURVES_FOLDER + <task or mean-suite>.png.
+CURVES_FOLDER = "curves/"
 
 
 def have_matplotlib() -> bool:
@@ -112,9 +115,51 @@ def forest(deltas: pd.DataFrame, title: str) -> bytes:
     return _png(fig)
 
 
+def curve_figure(points: pd.DataFrame, title: str):
+    """A matplotlib Figure of main score (%) against step: one axes per mode of ``points`` (rows of
+    :attr:`Report.curves` for one column), one line per run through its steps in order."""
+    from matplotlib.ticker import MaxNLocator
+
+    modes = list(dict.fromkeys(points["mode"]))
+    runs = sorted(set(points["run"]))
+    fig = _figure(min(14.0, 1.0 + 4.2 * len(modes)), 3.4)
+    colours = _colours(runs)
+    for i, mode in enumerate(modes):
+        ax = fig.add_subplot(1, len(modes), i + 1)
+        for run in runs:
+            part = points[(points["mode"] == mode) & (points["run"] == run)].sort_values("step")
+            if len(part):
+                ax.plot(part["step"].to_numpy(), part["value"].to_numpy() * 100, "o-", ms=4, label=run,
+                        color=colours[run])
+        ax.set_title(f"{title} · {mode_label(mode)}", fontsize="medium")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        ax.set_xlabel("step")
+        ax.set_ylabel("main score (%)")
+        ax.grid(alpha=0.3)
+    fig.axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def _curve_name(column: str) -> str:
+    return CURVES_FOLDER + (re.sub(r"[^A-Za-z0-9._-]+", "-", column).strip("-") or "task") + ".png"
+
+
+def report_curves(report: Report) -> dict[str, bytes]:
+    """``curves/<task>.png`` per task and ``curves/mean-<suite>.png`` per suite mean: main score
+    against step, one line per run, from :attr:`Report.curves`; nothing unless some run has two
+    steps or more. ImportError without matplotlib."""
+    from evalbench.report.runs import has_curves
+
+    if report.curves is None or report.curves.empty or not has_curves(report.checkpoints):
+        return {}
+    return {_curve_name(column): _png(curve_figure(part, column))
+            for column, part in report.curves.groupby("column", sort=True)}
+
+
 def report_plots(report: Report) -> dict[str, bytes]:
     """File name -> PNG: ``scores-<mode>.png`` per mode, ``zeroshot-vs-linear-probe.png`` when
-    both modes exist, ``deltas-<mode>.png`` per mode with deltas. ImportError without matplotlib."""
+    both modes exist, ``deltas-<mode>.png`` per mode with deltas, and the curves over training
+    steps of :func:`report_curves`. ImportError without matplotlib."""
     plots = {}
     for mode, table in report.scores.items():
         plots[f"scores-{_slug(mode)}.png"] = score_bars(table, f"{mode_label(mode)}: main score per task")
@@ -125,6 +170,7 @@ def report_plots(report: Report) -> dict[str, bytes]:
             part = report.deltas[report.deltas["mode"] == mode]
             if len(part):
                 plots[f"deltas-{_slug(mode)}.png"] = forest(part, f"{mode_label(mode)}: delta vs {report.baseline}")
+    plots.update(report_curves(report))
     return plots
 
 
@@ -136,6 +182,7 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, png in report_plots(report).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(png)
         written.append(folder / name)
     return written

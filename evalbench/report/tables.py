@@ -34,23 +34,37 @@ def _metrics(result: dict):
                 yield f"{subset}/{metric}", value
 
 
+LONG_COLUMNS = ["model", "task", "mode", "metric", "value", "step"]
+
+
 def long_table(records: list[dict]) -> pd.DataFrame:
     """One row per (model, task, mode, metric) with the metric's value (a fraction): every float
     in a record's results (acc1, main_score, a k-shot probe's ``*_std``, retrieval recalls, a
     matching task's per-subset scores as ``SUBSET/METRIC``), not counts, durations or the
-    probe's C."""
+    probe's C. ``step``: the checkpoint's ``model.step`` (nullable integers; empty for models
+    without one)."""
     rows = [
-        {"model": r["model"]["name"], "task": r["task"]["name"], "mode": mode, "metric": metric, "value": value}
+        {"model": r["model"]["name"], "task": r["task"]["name"], "mode": mode, "metric": metric, "value": value,
+         "step": r["model"].get("step")}
         for r in records
         for mode, result in r.get("results", {}).items()
         for metric, value in _metrics(result)
     ]
-    return pd.DataFrame(rows, columns=["model", "task", "mode", "metric", "value"])
+    frame = pd.DataFrame(rows, columns=LONG_COLUMNS)
+    frame["step"] = frame["step"].astype("Int64")
+    return frame
 
 
-def model_order(models, baseline: str | None = None) -> list[str]:
-    """The baseline first, then the others by name."""
-    rest = sorted(m for m in set(models) if m != baseline)
+def model_order(models, baseline: str | None = None, keys: dict[str, tuple] | None = None) -> list[str]:
+    """The baseline first, then the others by name; with ``keys`` (model -> (run, 1, step), see
+    :func:`evalbench.report.runs.order_keys`), the checkpoints of a run sit together at the run's
+    place in the name order, by step."""
+    keys = keys or {}
+
+    def key(model: str) -> tuple:
+        return (*keys.get(model, (model, 0, 0)), model)
+
+    rest = sorted((m for m in set(models) if m != baseline), key=key)
     return ([baseline] if baseline in set(models) else []) + rest
 
 
@@ -59,17 +73,18 @@ def _suites_of(tasks, suites: dict[str, SuiteSpec]) -> list[SuiteSpec]:
 
 
 def main_score_tables(
-    long: pd.DataFrame, suites: dict[str, SuiteSpec], baseline: str | None = None
+    long: pd.DataFrame, suites: dict[str, SuiteSpec], baseline: str | None = None, keys: dict[str, tuple] | None = None
 ) -> dict[str, pd.DataFrame]:
     """Per mode, a models x tasks table of main_score, plus a ``mean(<suite>)`` column for each
     suite that shares a task with the table. A suite mean is empty unless the model has every
-    task of the suite: never a mean over a subset."""
+    task of the suite: never a mean over a subset. Rows in :func:`model_order` (``keys``: the
+    checkpoints of a run by step)."""
     tables = {}
     main = long[long.metric == "main_score"]
     for mode in sorted(set(main["mode"]), key=mode_order):
         part = main[main["mode"] == mode]
         table = part.pivot_table(index="model", columns="task", values="value", aggfunc="first")
-        table = table.reindex(index=model_order(table.index, baseline), columns=sorted(table.columns))
+        table = table.reindex(index=model_order(table.index, baseline, keys), columns=sorted(table.columns))
         for suite in _suites_of(table.columns, suites):
             cols = table.reindex(columns=suite.tasks)
             table[f"mean({suite.name})"] = cols.mean(axis=1).where(cols.notna().all(axis=1))
@@ -104,7 +119,9 @@ def rank_table(scores: pd.DataFrame, suites: dict[str, SuiteSpec]) -> pd.DataFra
 ZERO_SHOT_MODES = ("zeroshot", "retrieval")
 
 
-def aggregate_tables(long: pd.DataFrame, suites: dict[str, SuiteSpec], baseline: str | None = None) -> dict[str, pd.DataFrame]:
+def aggregate_tables(
+    long: pd.DataFrame, suites: dict[str, SuiteSpec], baseline: str | None = None, keys: dict[str, tuple] | None = None
+) -> dict[str, pd.DataFrame]:
     """Per suite with ``aggregates``, a models x aggregates table: each the mean of its tasks'
     zero-shot main scores (zero-shot and retrieval results pooled), empty unless the model has
     every task of that aggregate. An aggregate no model has in full is left out, and so is a
@@ -115,7 +132,7 @@ def aggregate_tables(long: pd.DataFrame, suites: dict[str, SuiteSpec], baseline:
     for suite in sorted(suites.values(), key=lambda s: s.name):
         if not suite.aggregates or not set(suite.tasks) & set(scores.columns):
             continue
-        table = pd.DataFrame(index=pd.Index(model_order(scores.index, baseline), name="model"))
+        table = pd.DataFrame(index=pd.Index(model_order(scores.index, baseline, keys), name="model"))
         for name, tasks in suite.aggregate_tasks().items():
             cols = scores.reindex(index=table.index, columns=tasks)
             mean = cols.mean(axis=1).where(cols.notna().all(axis=1))

@@ -75,6 +75,17 @@ def delta_notes(report: Report) -> list[str]:
     return list(seen)
 
 
+def with_step(cells: pd.DataFrame, report: Report) -> pd.DataFrame:
+    """``cells`` (models x columns of strings) with a first column ``step`` when some model is a
+    checkpoint with a step (empty for the others); unchanged otherwise."""
+    steps = report.steps
+    if not steps:
+        return cells
+    out = cells.copy()
+    out.insert(0, "step", [str(steps[m]) if m in steps else "" for m in out.index])
+    return out
+
+
 def _md(cells: pd.DataFrame) -> str:
     """A markdown table of preformatted strings (tabulate would reparse "+1.50" as 1.5)."""
     return cells.to_markdown(disable_numparse=True, colalign=("left",) + ("right",) * len(cells.columns))
@@ -123,12 +134,13 @@ def render_md(report: Report) -> str:
         parts.append(f"### {suite} aggregates (zero-shot main score, %)\n\n{_md(aggregate_cells(table))}\n")
     for mode in report.scores:
         label = mode_label(mode)
-        parts.append(f"### {label} (main score, %)\n\n{_md(score_cells(report.scores[mode]))}\n")
+        parts.append(f"### {label} (main score, %)\n\n{_md(with_step(score_cells(report.scores[mode]), report))}\n")
         if len(report.scores[mode]) > 1:  # ranks of a lone model say nothing
-            parts.append(f"### {label} (rank per task, 1 = best)\n\n{_md(rank_cells(report.ranks[mode]))}\n")
+            ranks = with_step(rank_cells(report.ranks[mode]), report)
+            parts.append(f"### {label} (rank per task, 1 = best)\n\n{_md(ranks)}\n")
         if report.deltas is not None and (report.deltas["mode"] == mode).any():
             parts.append(f"### {label} (delta vs {report.baseline}, points)\n\n"
-                         f"{_md(delta_cells(report, mode))}\n")
+                         f"{_md(with_step(delta_cells(report, mode), report))}\n")
     if report.worst_groups is not None and not report.worst_groups.empty:
         parts.append(f"### {worst_group_legend(report)}\n\n{_md(worst_group_cells(report))}\n")
     if report.show_per_group and report.per_group is not None and not report.per_group.empty:
@@ -161,11 +173,11 @@ def render_latex(report: Report) -> str:
     parts = []
     for mode in report.scores:
         label = mode_label(mode)
-        parts.append(_latex(score_cells(report.scores[mode]), f"{label} (main score, %)"))
+        parts.append(_latex(with_step(score_cells(report.scores[mode]), report), f"{label} (main score, %)"))
         if len(report.scores[mode]) > 1:
-            parts.append(_latex(rank_cells(report.ranks[mode]), f"{label} (rank per task, 1 = best)"))
+            parts.append(_latex(with_step(rank_cells(report.ranks[mode]), report), f"{label} (rank per task, 1 = best)"))
         if report.deltas is not None and (report.deltas["mode"] == mode).any():
-            cells = delta_cells(report, mode, mark="$^{*}$")
+            cells = with_step(delta_cells(report, mode, mark="$^{*}$"), report)
             parts.append(_latex(cells, f"{label}: {significance_legend(report)}"))
     if report.published is not None and not report.published.empty:
         cells = published_cells(report.published).set_index("model").map(_latex_escape)  # mean_recall@1
@@ -221,12 +233,14 @@ def _delta_rows(report: Report) -> list[dict]:
 def render_csv(report: Report) -> str:
     """The long table (every metric, fractions), then derived rows: ``rank``, ``suite_mean``,
     ``suite_mean_rank``, ``suite_won``, with a baseline ``delta*`` rows and, with published
-    figures, ``published`` and ``published_delta`` rows."""
+    figures, ``published`` and ``published_delta`` rows. Every row's ``step`` is its model's
+    (empty for models without one)."""
     extra = _aggregate_rows(report) + (_delta_rows(report) if report.deltas is not None else [])
     extra += published_long_rows(report.published) if report.published is not None else []
-    return pd.concat([report.long, pd.DataFrame(extra, columns=report.long.columns)], ignore_index=True).to_csv(
-        index=False
-    )
+    columns = [c for c in report.long.columns if c != "step"]
+    table = pd.concat([report.long[columns], pd.DataFrame(extra, columns=columns)], ignore_index=True)
+    table["step"] = table["model"].map(report.steps).astype("Int64")
+    return table.to_csv(index=False)
 
 
 def _json_table(table: pd.DataFrame) -> dict:
@@ -252,6 +266,7 @@ def report_dict(report: Report) -> dict:
         "tasks": report.tasks,
         "main_metric": dict(sorted(report.main_metric.items())),
         "baseline": report.baseline,
+        "checkpoints": {m.model: {"run": m.run, "step": int(m.step)} for m in report.checkpoints.itertuples()},
         "statistics": {"interval": "paired percentile bootstrap over test images", "level": o.level,
                        "resamples": o.resamples, "seed": o.seed, "alpha": o.alpha,
                        "significance": {"acc1": "exact McNemar", "mean_per_class_recall": "interval excludes 0",
