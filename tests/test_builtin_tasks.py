@@ -43,8 +43,10 @@ SUBSET_COUNTS = {"imagenet-a": 200, "imagenet-r": 200, "imagenet-o": 200}
 # Tasks whose class names come from the data at run time, with the reason.
 NAMES_FROM_DATA = {"objectnet": 113}  # 9 of the 113 ObjectNet names could not be verified offline
 # DataComp's WILDS and fairness tasks: class names *and* templates are those DataComp's mirror
-# ships (classnames.txt, zeroshot_classification_templates.txt), which DataComp itself reads;
-# no copy could be read offline. Class counts from DataComp's tasklist.yml (num_classes).
+# ships (classnames.txt, zeroshot_classification_templates.txt), which DataComp itself reads.
+# Still exempt: CLIP_benchmark's en_classnames.json / en_zeroshot_classification_templates.json
+# and DataComp's repository have no entry for them, and the mirrors' files could not be read
+# offline. Class counts from DataComp's tasklist.yml (num_classes).
 FROM_DATACOMP_MIRROR = {"iwildcam": 182, "camelyon17": 2, "fmow": 62, "dollar-street": 58, "geode": 40}
 
 MAIN_METRIC = {
