@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ import numpy as np
 from evalbench.fileio import atomic_save_npy, atomic_write_json
 
 CACHE_DTYPES = ("float32", "float16")
+
+log = logging.getLogger(__name__)
 
 
 def digest(obj) -> str:
@@ -153,28 +156,42 @@ class FeatureCache:
         atomic_write_json(path, {**meta, "result": result})
 
 
+def _read_meta(path: Path) -> dict:
+    """A cache entry's JSON metadata; an unreadable or non-object file is warned about in one
+    line naming it and read as ``{}``, so one damaged entry does not hide the others."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = str(e) if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        log.warning("%s: unreadable cache metadata (%s); listed as incomplete (delete it to drop the entry)", path, reason)
+        return {}
+    if not isinstance(meta, dict):
+        log.warning("%s: cache metadata is not a JSON object; listed as incomplete (delete it to drop the entry)", path)
+        return {}
+    return meta
+
+
 def list_entries(root: Path) -> list[dict]:
-    """A row per cache entry: kind, model, task, split, rows, size, complete, path; by model, task."""
+    """A row per cache entry: kind, model, task, split, rows, size, complete, path; by model, task.
+    An entry whose metadata cannot be read is listed with what is known (kind, size, path;
+    ``complete`` false) after a one-line warning naming the file."""
     rows = []
     for manifest in sorted((root / "features").glob("*/manifest.json")):
-        meta = json.loads(manifest.read_text(encoding="utf-8"))
+        meta = _read_meta(manifest)
         size = sum(f.stat().st_size for f in manifest.parent.iterdir())
         rows.append({"kind": "features", "model": meta.get("model"), "task": meta.get("task"),
                      "split": meta.get("split"), "rows": meta.get("n"), "dtype": meta.get("dtype"),
-                     "size_mb": round(size / 2**20, 2), "complete": meta.get("complete"),
+                     "size_mb": round(size / 2**20, 2), "complete": bool(meta.get("complete")),
                      "path": str(manifest.parent)})
     for meta_path in sorted((root / "text").glob("*.json")):
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = _read_meta(meta_path)
         npy = meta_path.with_suffix(".npy")
         rows.append({"kind": "text", "model": meta.get("model"), "task": meta.get("task"), "split": "-",
                      "rows": meta.get("classes"), "dtype": "float32",
                      "size_mb": round(npy.stat().st_size / 2**20, 2) if npy.is_file() else 0.0,
-                     "complete": npy.is_file(), "path": str(npy)})
+                     "complete": bool(meta) and npy.is_file(), "path": str(npy)})
     for path in sorted((root / "probes").glob("*.json")):
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            meta = {}
+        meta = _read_meta(path)
         rows.append({"kind": "probe", "model": meta.get("model"), "task": meta.get("task"),
                      "split": meta.get("mode", "-"), "rows": meta.get("n_train"), "dtype": "-",
                      "size_mb": round(path.stat().st_size / 2**20, 2), "complete": "result" in meta,

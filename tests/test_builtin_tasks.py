@@ -8,13 +8,18 @@ is downloaded and no model is built.
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from evalbench.cli import main
 from evalbench.data import normalise_name
 from evalbench.matching import task_parts
 from evalbench.tasks.loader import BUILTIN_TASKS_DIR, TaskRegistry
@@ -38,14 +43,16 @@ SUBSET_COUNTS = {"imagenet-a": 200, "imagenet-r": 200, "imagenet-o": 200}
 # Tasks whose class names come from the data at run time, with the reason.
 NAMES_FROM_DATA = {"objectnet": 113}  # 9 of the 113 ObjectNet names could not be verified offline
 # DataComp's WILDS and fairness tasks: class names *and* templates are those DataComp's mirror
-# ships (classnames.txt, zeroshot_classification_templates.txt), which DataComp itself reads;
-# no copy could be read offline. Class counts from DataComp's tasklist.yml (num_classes).
+# ships (classnames.txt, zeroshot_classification_templates.txt), which DataComp itself reads.
+# Still exempt: CLIP_benchmark's en_classnames.json / en_zeroshot_classification_templates.json
+# and DataComp's repository have no entry for them, and the mirrors' files could not be read
+# offline. Class counts from DataComp's tasklist.yml (num_classes).
 FROM_DATACOMP_MIRROR = {"iwildcam": 182, "camelyon17": 2, "fmow": 62, "dollar-street": 58, "geode": 40}
 
 MAIN_METRIC = {
     "fgvc-aircraft": "mean_per_class_recall", "pets": "mean_per_class_recall",
     "caltech101": "mean_per_class_recall", "flowers102": "mean_per_class_recall",
-    "hateful-memes": "roc_auc", "voc2007": "map_11pt", "pcam": "acc1", "cifar10": "acc1",
+    "hateful-memes": "roc_auc", "voc2007": "map_11pt", "voc2007-datacomp": "acc1", "pcam": "acc1", "cifar10": "acc1",
     "imagenet1k": "acc1", "imagenet-a": "acc1", "kinetics700": "acc1",
     # DataComp's tasklist.yml main_metric, under evalbench's names (aliases in the YAML files)
     "iwildcam": "f1_macro", "fmow": "worst_group_acc1", "dollar-street": "worst_group_acc5",
@@ -65,6 +72,7 @@ IMAGENET_DUPLICATES = {"missile": [657, 744], "sunglasses": [836, 837]}
 UNPINNED = {
     "food101", "cifar10", "cifar100", "sun397", "cars", "fgvc-aircraft", "dtd", "caltech101",
     "flowers102", "mnist", "stl10", "resisc45", "kitti-distance", "eurosat", "voc2007",
+    "voc2007-datacomp",  # DataComp reads branch main of its mirror and pins nothing
     "flickr30k", "mscoco-5k", "sugarcrepe", "winoground",
 }
 SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -209,8 +217,29 @@ def test_multilabel_and_unavailable():
     assert _task("voc2007").spec.type == "multilabel"
     for name in ("birdsnap", "kinetics700", "hateful-memes", "voc2007"):
         assert _task(name).spec.unavailable
-    for name in ("cifar10", "imagenet1k", "pets", "ucf101"):
+    for name in ("cifar10", "imagenet1k", "pets", "ucf101", "voc2007-datacomp"):
         assert _task(name).spec.unavailable is None
+
+
+# clip_benchmark/datasets/voc2007.py, object_categories (CLIP_benchmark's order, which its
+# voc2007 dataset and DataComp's mirror use).
+CLIP_BENCHMARK_VOC = [
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]
+
+
+def test_voc2007_as_datacomp_scores_it():
+    dc = _task("voc2007-datacomp").spec
+    assert dc.type == "classification" and dc.main_metric == "acc1"
+    assert dc.classnames == CLIP_BENCHMARK_VOC and dc.label_match == "name"
+    # en_zeroshot_classification_templates.json, key voc2007
+    assert dc.templates == ["a photo of a {c}."]
+    assert dc.dataset["path"] == "hf://datasets/djghosh/wds_voc2007_test"
+    assert dc.splits.test == "test" and dc.splits.train is None
+    clip = _task("voc2007").spec  # the CLIP paper's task: same names and prompt, another order
+    assert sorted(clip.classnames) == sorted(dc.classnames) and clip.classnames != dc.classnames
+    assert clip.templates == dc.templates
 
 
 # ---- published names and orders --------------------------------------------------------------
@@ -367,7 +396,7 @@ def test_suite_tasks_exist(suite):
 DATACOMP_38 = {
     "caltech101", "cifar10", "cifar100", "clevr-count", "clevr-distance", "country211", "dtd", "eurosat",
     "fgvc-aircraft", "food101", "gtsrb", "imagenet1k", "imagenet-sketch", "imagenetv2", "imagenet-a",
-    "imagenet-o", "imagenet-r", "kitti-distance", "mnist", "objectnet", "flowers102", "pets", "voc2007",
+    "imagenet-o", "imagenet-r", "kitti-distance", "mnist", "objectnet", "flowers102", "pets", "voc2007-datacomp",
     "pcam", "rendered-sst2", "resisc45", "cars", "stl10", "sun397", "svhn", "flickr30k", "mscoco-5k",
     "winogavil", "iwildcam", "camelyon17", "fmow", "dollar-street", "geode",
 }
@@ -396,3 +425,56 @@ def test_suite_contents():
     quick = SUITES["quick"].tasks
     assert 4 <= len(quick) <= 5
     assert not any(_task(n).spec.unavailable for n in quick)
+
+
+# ---- the DataComp aggregates from hand-made records --------------------------------------------
+
+# Flickr, MSCOCO and WinoGAViL are scored by retrieval-style runs (mode `retrieval`).
+DATACOMP_RETRIEVAL_MODE = {"flickr30k", "mscoco-5k", "winogavil"}
+VTAB_13 = {"caltech101", "cifar100", "clevr-count", "clevr-distance", "dtd", "eurosat", "kitti-distance",
+           "flowers102", "pets", "pcam", "resisc45", "svhn", "sun397"}
+
+
+def _write_datacomp_records(results: Path, scores: dict[str, float]) -> None:
+    for task, score in scores.items():
+        metric = _task(task).spec.main_metric
+        mode = "retrieval" if task in DATACOMP_RETRIEVAL_MODE else "zeroshot"
+        record = {
+            "schema_version": 2,
+            "model": {"name": "m", "spec": "m"},
+            "task": {"name": task, "version": "1", "hash": f"h-{task}", "main_metric": metric},
+            "results": {mode: {metric: score, "main_score": score, "n": 100}},
+        }
+        (results / "m").mkdir(parents=True, exist_ok=True)
+        (results / "m" / f"{task}.json").write_text(json.dumps(record))
+
+
+def _aggregates(results: Path, capsys) -> dict[str, float]:
+    capsys.readouterr()
+    assert main(["report", "--results-dir", str(results), "--format", "csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    rows = table[table.metric == "aggregate"]
+    return {r.task: r.value for r in rows.itertuples()}
+
+
+def test_datacomp_average_over_38_fills_from_records(tmp_path, capsys):
+    rng = np.random.default_rng(17)
+    scores = {task: round(float(rng.uniform(0.05, 0.95)), 4) for task in sorted(DATACOMP_38)}
+    _write_datacomp_records(tmp_path / "results", scores)
+    agg = _aggregates(tmp_path / "results", capsys)
+    assert agg["datacomp:Average"] == pytest.approx(sum(scores.values()) / 38, abs=1e-12)
+    assert agg["datacomp:ImageNet"] == pytest.approx(scores["imagenet1k"], abs=1e-12)
+    assert agg["datacomp:VTAB"] == pytest.approx(sum(scores[t] for t in VTAB_13) / 13, abs=1e-12)
+    retrieval = [scores["flickr30k"], scores["mscoco-5k"], scores["winogavil"]]
+    assert agg["datacomp:Retrieval"] == pytest.approx(sum(retrieval) / 3, abs=1e-12)
+
+
+def test_datacomp_average_needs_the_datacomp_voc(tmp_path, capsys):
+    # With the CLIP paper's multi-label VOC 2007 in place of DataComp's, 37 of 38: no average.
+    rng = np.random.default_rng(17)
+    scores = {task: round(float(rng.uniform(0.05, 0.95)), 4) for task in sorted(DATACOMP_38 - {"voc2007-datacomp"})}
+    scores["voc2007"] = 0.5
+    _write_datacomp_records(tmp_path / "results", scores)
+    agg = _aggregates(tmp_path / "results", capsys)
+    assert "datacomp:Average" not in agg
+    assert agg["datacomp:ImageNet"] == pytest.approx(scores["imagenet1k"], abs=1e-12)

@@ -46,7 +46,11 @@ def results(tmp_path):
                  {"acc1": 0.80, "mean_per_class_recall": OURS["pets"]}, main_metric="mean_per_class_recall")
     write_record(res, spec, spec, "flickr30k", "retrieval", {"mean_recall@1": OURS["flickr30k"]},
                  main_metric="mean_recall@1")
+    # The CLIP paper's multi-label VOC 2007 is not the table's column (voc2007-datacomp is).
     write_record(res, spec, spec, "voc2007", "zeroshot", {"map_11pt": 0.80}, main_metric="map_11pt")
+    write_record(res, spec, spec, "voc2007-datacomp", "zeroshot", {"acc1": 0.7700})
+    # A record without the published metric (Caltech-101's figure is mean per-class recall).
+    write_record(res, spec, spec, "caltech101", "zeroshot", {"acc1": 0.85})
     write_record(res, spec, spec, "digits", "zeroshot", {"acc1": 0.5})  # not in the table
     # Not open_clip ARCH@TAG checkpoints of the table, whatever the display name says.
     write_record(res, "hf-b32", "hf:openai/clip-vit-base-patch32", "imagenet1k", "zeroshot", {"acc1": 0.63})
@@ -77,8 +81,10 @@ def test_csv_rows_published_and_delta(results, capsys):
         (b32, "pets", "zeroshot", "published_delta"): 0.8650 - 0.8700,
         (b32, "flickr30k", "retrieval", "published"): 0.6884,
         (b32, "flickr30k", "retrieval", "published_delta"): 0.6684 - 0.6884,
-        # voc2007: the figure, but no difference: the record has no single-label acc1.
-        (b32, "voc2007", "zeroshot", "published"): 0.7640,
+        (b32, "voc2007-datacomp", "zeroshot", "published"): 0.7640,
+        (b32, "voc2007-datacomp", "zeroshot", "published_delta"): 0.7700 - 0.7640,
+        # caltech101: the figure, but no difference: the record has no mean_per_class_recall.
+        (b32, "caltech101", "zeroshot", "published"): 0.8758,
         ("laion-b32", "imagenet1k", "zeroshot", "published"): 0.6656,
         ("laion-b32", "imagenet1k", "zeroshot", "published_delta"): 0.0,
     }
@@ -110,7 +116,8 @@ def md_published(text: str) -> dict[tuple[str, str], dict[str, str]]:
 def test_markdown_columns_and_flag(results, capsys):
     text = run_report(capsys, results, "--published")
     table = md_published(text)
-    assert set(table) == {("ViT-B-32@openai", t) for t in ("imagenet1k", "cifar10", "pets", "flickr30k", "voc2007")} | {
+    assert set(table) == {("ViT-B-32@openai", t) for t in (
+        "imagenet1k", "cifar10", "pets", "flickr30k", "voc2007-datacomp", "caltech101")} | {
         ("laion-b32", "imagenet1k")}
     row = table[("ViT-B-32@openai", "imagenet1k")]
     assert {"published", "delta", "ours", "metric"} <= set(row)
@@ -120,9 +127,11 @@ def test_markdown_columns_and_flag(results, capsys):
     assert (pets["metric"], pets["delta"]) == ("mean_per_class_recall", "-0.50")  # exactly 0.5: no flag
     flickr = table[("ViT-B-32@openai", "flickr30k")]
     assert (flickr["mode"], flickr["metric"], flickr["delta"]) == ("retrieval", "mean_recall@1", "-2.00 !")
-    voc = table[("ViT-B-32@openai", "voc2007")]
-    assert (voc["ours"], voc["published"], voc["delta"]) == ("", "76.40", "")
-    assert "ViT-B-32@openai, voc2007: the record has no acc1" in text
+    voc = table[("ViT-B-32@openai", "voc2007-datacomp")]
+    assert (voc["metric"], voc["ours"], voc["published"], voc["delta"]) == ("acc1", "77.00", "76.40", "+0.60 !")
+    caltech = table[("ViT-B-32@openai", "caltech101")]
+    assert (caltech["ours"], caltech["published"], caltech["delta"]) == ("", "87.58", "")
+    assert "ViT-B-32@openai, caltech101: the record has no mean_per_class_recall" in text
 
 
 def test_markdown_tolerance_option(results, capsys):

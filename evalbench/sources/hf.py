@@ -92,6 +92,16 @@ class HFImageLists(Dataset):
         return self.table[row][self.image_column][j].convert("RGB"), 0
 
 
+_SCRIPT_ERROR = re.compile(r"Dataset scripts are no longer supported, but found (\S+)")
+
+
+def _loading_script(error: BaseException) -> str | None:
+    """The script's file name when ``datasets`` refused a hub dataset for being a loading
+    script (datasets >= 4 raises a bare RuntimeError saying so), else None."""
+    found = _SCRIPT_ERROR.search(str(error)) if isinstance(error, RuntimeError) else None
+    return found.group(1) if found else None
+
+
 class HFSource:
     Config = HFConfig
 
@@ -131,6 +141,14 @@ class HFSource:
                 raise MissingSplitError(split, self._split_names(str(e)), cfg.path) from None
             raise
         except Exception as e:  # noqa: BLE001
+            script = _loading_script(e)
+            if script:
+                at = f" at revision {cfg.revision}" if cfg.revision else ""
+                raise EvalbenchError(
+                    f"dataset.path: {cfg.path}{at} is a loading-script dataset ({script}), which datasets "
+                    f"{datasets.__version__} cannot build (datasets 4 dropped loading scripts); build a local copy "
+                    "with datasets<4 (save_to_disk) and point dataset.path at it, as the task file's comments say"
+                ) from None
             if is_offline_error(e):
                 raise EvalbenchError(
                     f"dataset.path: {cfg.path} is not in the local Hugging Face cache and the hub cannot be "
