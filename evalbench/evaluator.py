@@ -294,8 +294,9 @@ class Evaluator:
         task, data, config = prepared.task, prepared.data, self.config
         results = {}
         if task.spec.type == "retrieval":
-            (images, _), = self._roles(prepared, feats, ["test"]).values()
-            if np.isnan(images).any():
+            view = data.views["test"]
+            images = _rows_of(feats[view.source_split], prepared.splits[view.source_split].rows, view.indices)
+            if _nan_free_rows(images) is not None:
                 raise EvalbenchError(f"{task.name}: retrieval cannot leave images out; fix the undecodable images")
             _, text_image = caption_pairs(data)
             result = retrieval_metrics(images, texts.numpy(), text_image)
