@@ -265,3 +265,17 @@ def test_two_gloo_ranks_agree_with_one_process(demo, cache, tmp_path):
     record = read_record(results / "ddp_2" / "digits.json")
     assert record["model"]["step"] == 2 and record["provenance"]["world_size"] == 2
     assert record["results"]["zeroshot"]["n"] == 101
+
+
+def test_the_training_example_runs(tmp_path):
+    """examples/train_with_evalbench.py, as docs/training.md shows it, trains and writes a record
+    per evaluation step."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EVALBENCH_CACHE": os.environ["EVALBENCH_CACHE"]}
+    cmd = [sys.executable, str(ROOT / "examples" / "train_with_evalbench.py"), "--steps", "2", "--eval-every", "1",
+           "--limit", "30", "--results-dir", str(tmp_path), "--batch-size", "8"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("step")] == ["0", "1", "2"]
+    for step in (0, 1, 2):
+        record = read_record(tmp_path / f"exp1_{step}" / "colors.json")
+        assert record["model"]["step"] == step and record["results"]["zeroshot"]["n"] == 30
