@@ -279,3 +279,14 @@ def test_the_training_example_runs(tmp_path):
     for step in (0, 1, 2):
         record = read_record(tmp_path / f"exp1_{step}" / "colors.json")
         assert record["model"]["step"] == step and record["results"]["zeroshot"]["n"] == 30
+
+
+def test_linear_probe_equals_evalbench_run(demo, cache, tmp_path):
+    model, preprocess, tokenizer = demo
+    ours = evalbench.Evaluator(["colors"], modes="zeroshot,linear_probe", preprocess=preprocess, tokenizer=tokenizer,
+                               results_dir=None, cache_dir=cache, limit=60, progress=False)(model)["colors"]
+    table = evalbench.evaluate("demo-final", "colors", modes="zeroshot,linear_probe", results_dir=tmp_path,
+                               cache_dir=tmp_path / "c", limit=60, progress=False)
+    probe = table[(table["mode"] == "linear_probe")].set_index("metric")["value"]
+    assert ours["linear_probe/acc1"] == probe["acc1"] and ours["linear_probe/main_score"] == probe["main_score"]
+    assert ours["acc1"] == table[(table["mode"] == "zeroshot") & (table["metric"] == "acc1")]["value"].item()
