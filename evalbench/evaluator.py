@@ -201,12 +201,12 @@ class Evaluator:
             raise EvalbenchError(f"the evaluator was built with {self.world_size} ranks and is called with "
                                  f"{distributed.world_size()}; build it after init_process_group")
         step = self.calls if step is None else int(step)
-        self.calls += 1
         adapter, module = self._adapter(model)
         name = f"{self.run}@{step}"
         problem = distributed.broadcast(self._existing(name) if distributed.is_main() else None)
         if problem:
             raise EvalbenchError(problem)
+        self.calls += 1
         started = time.perf_counter()
         with _eval_mode(module), torch.inference_mode(), autocast(adapter.device, self.config.precision):
             encoded = [(t, self._encode(adapter, t)) for t in self.tasks]
