@@ -7,6 +7,8 @@ Use from Python::
     evalbench.list_tasks("imagenet*")
     records = evalbench.load_records("results")
     print(evalbench.report("results", format="md"))
+    evaluator = evalbench.Evaluator(suite="offline", preprocess=preprocess, tokenizer=tokenizer, run="exp1")
+    scores = evaluator(model, step=1000)  # in a training loop: {task: {metric: value}}
 
 Names are imported on first use, so ``import evalbench`` is instant and the CLI starts fast.
 """
@@ -21,6 +23,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "evaluate": "evalbench.api",
+    "Evaluator": "evalbench.evaluator",
     "list_tasks": "evalbench.api",
     "load_records": "evalbench.api",
     "EvalbenchError": "evalbench.errors",

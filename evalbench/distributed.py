@@ -71,6 +71,29 @@ def gather(obj) -> list | None:
     return out
 
 
+def shard(n: int) -> tuple[int, int, int]:
+    """``(start, stop, slots)``: this rank's contiguous share ``range(start, stop)`` of ``n`` items,
+    and the number of slots every rank fills (``ceil(n / world_size)``). A rank whose share is
+    short (or empty) pads up to ``slots``, so every rank runs the same number of batches."""
+    slots = -(-n // world_size())
+    start = min(n, rank() * slots)
+    return start, min(n, start + slots), slots
+
+
+def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor | None:
+    """Every rank's ``local`` (``slots`` rows from :func:`shard`, padding included), concatenated
+    in rank order and cut to ``n`` rows, on rank 0 (on the CPU); None on other ranks. A collective:
+    every rank must call it, with tensors of the same shape."""
+    if world_size() == 1:
+        return local[:n].cpu()
+    # nccl moves CUDA tensors only, gloo CPU ones.
+    device = local.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    local = local.to(device).contiguous()
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(parts, local)
+    return torch.cat(parts)[:n].cpu() if is_main() else None
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

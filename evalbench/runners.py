@@ -275,6 +275,32 @@ def _probe(mode: str, feats: dict, data: TaskData, config: RunConfig, task: Task
     return result
 
 
+def caption_pairs(data: TaskData) -> tuple[list[str], np.ndarray]:
+    """A retrieval task's test captions, image by image in the order of the test view, and for
+    each caption the position of its image in that view."""
+    view = data.views["test"]
+    captions = data.sources[view.source_split].captions
+    texts, text_image = [], []
+    for position, row in enumerate(view.indices):
+        texts += captions[row]
+        text_image += [position] * len(captions[row])
+    return texts, np.asarray(text_image, dtype=np.int64)
+
+
+def zeroshot_result(x: np.ndarray, y: np.ndarray, classifier: torch.Tensor, metric: str,
+                    groups: np.ndarray | None) -> dict:
+    """A record's ``zeroshot`` result for test features ``x`` and labels ``y``: the metrics,
+    ``n`` and, for single-label tasks, the per-sample predictions (and groups)."""
+    scores = zeroshot_scores(x, classifier)
+    result = classification_metrics(y, scores, metric, groups)
+    result["n"] = len(y)
+    if y.ndim == 1:
+        result["per_sample"] = pack_predictions(scores, y)
+        if groups is not None:
+            result["per_sample"].update(pack_groups(scores, y, groups))
+    return result
+
+
 def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> tuple[dict, list[SkippedMode]]:
     """Image-text retrieval metrics on the test split, or a skip when the source lacks it."""
     data = load_task_data(task, ["test"], config.cache_dir, config.limit, config.seed, allow_missing=True)
@@ -286,14 +312,9 @@ def run_retrieval(model: LazyModel, task: Task, config: RunConfig) -> tuple[dict
     if not distributed.is_main():
         return {}, []
     images, _ = feats["test"]
-    view = data.views["test"]
-    captions = data.sources[view.source_split].captions
-    texts, text_image = [], []
-    for position, row in enumerate(view.indices):
-        texts += captions[row]
-        text_image += [position] * len(captions[row])
+    texts, text_image = caption_pairs(data)
     text_feats = text_features(model, texts, config, task)
-    result = retrieval_metrics(images, text_feats, np.asarray(text_image))
+    result = retrieval_metrics(images, text_feats, text_image)
     if skipped:
         raise EvalbenchError(f"{task.name}: retrieval cannot leave images out; fix the undecodable images")
     result.update(main_score=result[task.spec.main_metric], n=len(images), n_texts=len(texts),
@@ -365,13 +386,8 @@ def run_task(model: LazyModel, task: Task, modes: list[str], config: RunConfig) 
         groups = data.views["test"].groups
         if groups is not None and "test" in kept:
             groups = groups[kept["test"]]
-        scores = zeroshot_scores(x, classifier)
-        results["zeroshot"] = classification_metrics(y, scores, metric, groups)
-        results["zeroshot"].update(n=len(y), duration_s=round(time.perf_counter() - start, 3))
-        if y.ndim == 1:
-            results["zeroshot"]["per_sample"] = pack_predictions(scores, y)
-            if groups is not None:
-                results["zeroshot"]["per_sample"].update(pack_groups(scores, y, groups))
+        results["zeroshot"] = zeroshot_result(x, y, classifier, metric, groups)
+        results["zeroshot"]["duration_s"] = round(time.perf_counter() - start, 3)
     backend = make_backend(config.probe_backend, str(model.device))
     for mode in modes:
         if not mode.startswith("linear_probe"):

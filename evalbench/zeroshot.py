@@ -26,10 +26,22 @@ def build_zeroshot_classifier(
     batches = range(0, len(classnames), per_batch)
     for start in tqdm(batches, desc="text classifier", unit="batch", disable=not progress, leave=False):
         names = classnames[start : start + per_batch]
-        prompts = [fill_template(t, c) for c in names for t in templates]
-        emb = F.normalize(model.encode_texts(prompts), dim=-1).reshape(len(names), len(templates), -1)
-        columns.append(F.normalize(emb.mean(dim=1), dim=-1))
+        prompts = class_prompts(names, templates)
+        columns.append(class_embeddings(model.encode_texts(prompts), len(names)))
     return torch.cat(columns).T.contiguous()
+
+
+def class_prompts(classnames: list[str], templates: list[str]) -> list[str]:
+    """Every template filled with every class name, class by class (the order
+    :func:`class_embeddings` expects)."""
+    return [fill_template(t, c) for c in classnames for t in templates]
+
+
+def class_embeddings(prompt_embeddings: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(n_classes, dim): per class, the mean of its L2-normalised prompt embeddings (rows of
+    ``prompt_embeddings``, class by class as :func:`class_prompts` orders them), renormalised."""
+    emb = F.normalize(prompt_embeddings.float(), dim=-1).reshape(n_classes, -1, prompt_embeddings.shape[-1])
+    return F.normalize(emb.mean(dim=1), dim=-1)
 
 
 def zeroshot_scores(image_features: np.ndarray, classifier: torch.Tensor, chunk: int = 65536) -> np.ndarray:

@@ -186,7 +186,31 @@ def _without_random_weights_warning():
         root.setLevel(level)
 
 
-class OpenClipAdapter:
+class ModuleAdapter:
+    """An open_clip-style module already in memory (``encode_image``, ``encode_text``) with its
+    tokenizer and preprocessing, as a :class:`~evalbench.models.base.ModelAdapter`; the in-training
+    evaluator wraps the model being trained in one. Texts can be tokenized once
+    (:meth:`tokenize`) and encoded many times (:meth:`encode_tokens`)."""
+
+    def __init__(self, model, tokenizer, preprocess, device: torch.device, spec: ModelSpec | None = None):
+        self.model, self.tokenizer, self.preprocess, self.device = model, tokenizer, preprocess, device
+        self.spec = spec or ModelSpec(name="in-memory", spec="in-memory", family="open_clip", target="in-memory")
+        self.fingerprint = None
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels.to(self.device, non_blocking=True)).float()
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens.to(self.device)).float()
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.encode_tokens(self.tokenize(texts))
+
+
+class OpenClipAdapter(ModuleAdapter):
     def __init__(self, spec: ModelSpec, device: torch.device):
         import open_clip
 
@@ -222,12 +246,6 @@ class OpenClipAdapter:
         self.model = model.to(device).eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.metadata = _metadata(model, model_name, weights)
-
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels.to(self.device, non_blocking=True)).float()
-
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        return self.model.encode_text(self.tokenizer(texts).to(self.device)).float()
 
 
 Adapter = OpenClipAdapter
