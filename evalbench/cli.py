@@ -273,7 +273,7 @@ def report_failed(failed: list) -> int:
     other models ran and were written)."""
     if not failed:
         return 0
-    print(f"evalbench: {len(failed)} model(s) failed to load; the others ran:", file=sys.stderr)
+    print(f"evalbench: {len(failed)} model(s) failed to load and were not evaluated:", file=sys.stderr)
     for model in failed:
         print(f"  {model}", file=sys.stderr)
     return 1
