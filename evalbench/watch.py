@@ -103,8 +103,8 @@ class CheckpointWatcher:
         for name in now.keys() - self.seen.keys() - self.done:
             log.info("new checkpoint %s: evaluated once its size stays the same until the next poll", name)
         stable = [n for n, st in now.items() if n not in self.done and self.seen.get(n) == st]
-        for name in self.tries.keys() & {n for n in now if self.seen.get(n) != now[n]}:
-            del self.tries[name]  # rewritten since it failed: a fresh start
+        for name in [n for n in self.tries if n not in now or self.seen.get(n) != now[n]]:
+            del self.tries[name]  # rewritten or removed since it failed: a fresh start
         self.seen = now
         ready = []
         for name in sorted(stable, key=natural_key):
@@ -158,6 +158,7 @@ class CheckpointWatcher:
             log.warning("%s failed to load; trying again at the next poll (%s)", name, result.failed[0].reason)
             return
         log.error("%s failed to load twice; not tried again: %s", name, result.failed[0].reason)
+        del self.tries[name]
         self.done.add(name)
         self.summary.failed += result.failed
 
