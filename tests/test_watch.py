@@ -178,3 +178,26 @@ def test_cli_watch_bad_input_is_exit_2(tmp_path, capsys):
 def test_candidate_names(name, default, with_pattern):
     assert is_candidate(name, None) is default
     assert is_candidate(name, "epoch_*") is with_pattern
+
+
+def test_watch_under_torchrun(tmp_path):
+    """Two gloo ranks: rank 0 decides (one summary line), both take part in the run."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    shutil.copy(EARLY, folder / "epoch_1.safetensors")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "EVALBENCH_SHARD_SIZE": "8", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "evalbench", "watch", str(folder), "--arch", DEMO_ARCH, "--tasks", "digits", "--limit", "40",
+           "--mode", "zeroshot", "--interval", "0.2", "--until-idle", "1", "--no-progress", "--batch-size", "8",
+           "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("1 checkpoint(s) evaluated") == 1
+    record = load_record(tmp_path / "results" / "epoch_1" / "digits.json")
+    assert record.provenance["world_size"] == 2 and record.model.step == 1
+    assert len(list((tmp_path / "cache").glob("features/*/shard-*.npy"))) >= 2  # 40 images, shards of 8
