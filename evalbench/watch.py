@@ -174,13 +174,14 @@ def watch_folder(folder: Path, arch: str, tasks: list[str], config: RunConfig, r
                  name: str | None = None, pattern: str | None = None, interval: float = 60.0,
                  until_idle: float | None = None, report: Path | None = None,
                  scan: Callable[[], dict[str, Stat]] | None = None,
-                 sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> WatchSummary | None:
+                 sleep: Callable[[float], None] | None = None,
+                 clock: Callable[[], float] | None = None) -> WatchSummary | None:
     """Watch ``folder`` until ``until_idle`` seconds pass without a new checkpoint (forever when
     None; Ctrl-C stops it cleanly), evaluating each checkpoint as ``ARCH@folder/FILE`` on
     ``tasks``. Returns the summary on rank 0, None on other torchrun ranks. Raises EvalbenchError
     for a folder that does not exist, an unknown task or architecture, before anything loads.
     ``scan``, ``sleep`` and ``clock`` stand in for the folder listing and time in tests."""
+    sleep, clock = sleep or time.sleep, clock or time.monotonic
     folder = Path(folder)
     if not folder.is_dir():
         raise EvalbenchError(f"watch: {folder}: no such folder (create it, or start the watch once training has)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -168,6 +169,22 @@ def test_cli_watch_bad_input_is_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["watch", "--help"])
     assert "example:\n  evalbench watch" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path, cache, monkeypatch, capsys):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    timeline = Timeline({2: interrupt})
+    summary = watch_folder(tmp_path, DEMO_ARCH, ["digits"], config(tmp_path, cache), TaskRegistry(), interval=INTERVAL,
+                           sleep=timeline.sleep, clock=timeline.clock)  # no --until-idle: only Ctrl-C stops it
+    assert timeline.sleeps == 2 and summary.evaluated == summary.failed == []
+    import evalbench.watch
+
+    monkeypatch.setattr(evalbench.watch, "time", SimpleNamespace(sleep=lambda s: interrupt(), monotonic=lambda: 0.0))
+    assert main(["watch", str(tmp_path), "--arch", DEMO_ARCH, "--tasks", "digits", "--results-dir",
+                 str(tmp_path / "results"), "--cache-dir", str(cache)]) == 0
+    assert "0 checkpoint(s) evaluated" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name, default, with_pattern", [
