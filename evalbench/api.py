@@ -14,6 +14,7 @@ import logging
 import platform
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,9 +24,11 @@ from filelock import FileLock
 import evalbench
 from evalbench import distributed
 from evalbench.config import MODES, RunConfig, make_config
-from evalbench.errors import EvalbenchError
-from evalbench.models import LazyModel, parse_model_spec
+from evalbench.errors import EvalbenchError, ModelLoadError
+from evalbench.models import LazyModel
+from evalbench.models.base import ModelSpec
 from evalbench.models.checkpoint import digest_memo
+from evalbench.models.sweep import expand_model_specs
 from evalbench.records import Record, load_record, record_path, write_record
 from evalbench.runners import SkippedMode, run_task
 from evalbench.tasks.loader import Task, TaskRegistry
@@ -112,26 +115,45 @@ def _provenance(device: torch.device, config: RunConfig, started: float, model: 
     }
 
 
-class Evaluation(list):
-    """What :func:`run` returns: the paths of the records it touched (it is that list) and,
-    in ``skipped``, every (model, task, mode) it did not run because the task's data source
-    lacks a split that mode needs (:class:`~evalbench.runners.SkippedMode`)."""
+@dataclass(frozen=True)
+class FailedModel:
+    """A model whose weights failed to load: its display name, ``--model`` spec and why."""
 
-    def __init__(self, paths: list[Path], skipped: list[SkippedMode]):
+    name: str
+    spec: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.spec}): {self.reason}"
+
+
+class Evaluation(list):
+    """What :func:`run` returns: the paths of the records it touched (it is that list); in
+    ``skipped``, every (model, task, mode) it did not run because the task's data source lacks a
+    split that mode needs (:class:`~evalbench.runners.SkippedMode`); in ``failed``, every model
+    whose weights failed to load (:class:`FailedModel`)."""
+
+    def __init__(self, paths: list[Path], skipped: list[SkippedMode], failed: list[FailedModel] | None = None):
         super().__init__(paths)
         self.skipped = skipped
+        self.failed = failed or []
 
 
 def run(
-    models: list[str], tasks: list[str], config: RunConfig, registry: TaskRegistry | None = None
+    models: list[str | ModelSpec], tasks: list[str], config: RunConfig, registry: TaskRegistry | None = None
 ) -> Evaluation:
     """Run ``config.modes`` for every (model, task); return the paths of the records touched,
-    with ``.skipped`` listing the modes not run for a missing split.
+    with ``.skipped`` listing the modes not run for a missing split and ``.failed`` the models
+    that failed to load.
 
-    Everything is validated before any model loads: task files, model spec syntax, duplicate
+    ``models`` are ``--model`` specs (a glob in the weights part stands for every matching
+    checkpoint, see :mod:`evalbench.models.sweep`) or parsed ModelSpecs. Everything is validated
+    before any model loads: task files, model spec syntax, globs that match nothing, duplicate
     names. Finished (model, task, mode) triples are skipped unless ``config.overwrite``. A split
     a task names but its source lacks fails no run: the modes that need it are logged and listed
-    in ``.skipped``, every other mode runs and is written.
+    in ``.skipped``, every other mode runs and is written. A model whose weights fail to load is
+    logged and listed in ``.failed``, and the other models still run. Models are evaluated one
+    after the other, each released before the next loads.
     Checkpoint digests are remembered in ``config.cache_dir`` (nowhere under ``use_cache=False``).
     """
     with digest_memo(config.cache_dir if config.use_cache else None):
@@ -140,7 +162,7 @@ def run(
 
 def _run(models: list[str], tasks: list[str], config: RunConfig, registry: TaskRegistry | None) -> Evaluation:
     registry = registry or TaskRegistry()
-    specs = [parse_model_spec(m) for m in models]
+    specs = expand_model_specs(models)
     slugs = [s.slug for s in specs]
     if len(set(slugs)) != len(slugs):
         dup = next(s for s in slugs if slugs.count(s) > 1)
@@ -156,9 +178,18 @@ def _run(models: list[str], tasks: list[str], config: RunConfig, registry: TaskR
         config = config.model_copy(update={"precision": "fp32"})
     lazy_models = [LazyModel(spec, device, config.trust_remote_code) for spec in specs]  # validates every spec up front
     skipped: list[SkippedMode] = []
-    paths = [evaluate_one(model, task, config, skipped) for model in lazy_models for task in task_objs]
+    failed: list[FailedModel] = []
+    paths = []
+    for model in lazy_models:
+        try:
+            paths += [evaluate_one(model, task, config, skipped) for task in task_objs]
+        except ModelLoadError as e:
+            log.error("%s; its remaining tasks are not run", e)
+            failed.append(FailedModel(e.model, e.spec, e.reason))
+        finally:
+            model.release()
     # A (model, task) whose every mode was skipped has no record to point to.
-    return Evaluation([p for p in paths if p.exists() or not distributed.is_main()], skipped)
+    return Evaluation([p for p in paths if p.exists() or not distributed.is_main()], skipped, failed)
 
 
 def evaluate_one(model: LazyModel, task: Task, config: RunConfig, skipped: list[SkippedMode] | None = None) -> Path:
@@ -195,6 +226,7 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig, skipped: list[
             model={
                 "name": spec.name, "spec": spec.spec, "fingerprint": model.fingerprint,
                 "adapter": _adapter_metadata(model, existing if same else None),
+                "step": model.step, "run": spec.run,
             },
             task={
                 "name": task.name,
@@ -267,7 +299,9 @@ def evaluate(
     ``probe_backend``, ``cache_dir``, ``overwrite``, ...). Records are written to ``results_dir``
     as by ``evalbench run``; finished results are reused, never overwritten without
     ``overwrite=True``. Modes not run because a task's data lacks a split they need are listed in
-    ``table.attrs["skipped"]`` (and logged); every other mode runs.
+    ``table.attrs["skipped"]`` (and logged); every other mode runs. Models whose weights fail to
+    load are listed in ``table.attrs["failed"]`` (:class:`FailedModel`, and logged); the others
+    run. A glob in a spec's weights part (``"ViT-B-32@ckpts/epoch_*.pt"``) evaluates every match.
 
     Raises EvalbenchError (a ValueError) naming the setting for an invalid setting, and for an
     unknown task, model or suite, before any model loads.
@@ -289,6 +323,7 @@ def evaluate(
     records = [r for r in (load_record(p) for p in paths) if r is not None]
     table = long_table([r.to_dict() for r in records])
     table.attrs["skipped"] = list(paths.skipped)
+    table.attrs["failed"] = list(paths.failed)
     return table
 
 

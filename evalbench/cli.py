@@ -64,30 +64,8 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="draws per k-shot probe")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="evalbench",
-        description="Zero-shot and linear-probe evaluation of CLIP-like models.\n\n"
-        "example:\n  evalbench run --model ViT-B-32@laion2b_s34b_b79k --tasks cifar10",
-        formatter_class=_Formatter,
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    run = _sub(
-        sub,
-        "run",
-        "evaluate models on tasks (defaults: the bundled demo models on the offline suite)",
-        "evalbench run --model ViT-B-32@laion2b_s34b_b79k --model hf:openai/clip-vit-base-patch32 --suite quick",
-    )
-    run.add_argument(
-        "--model",
-        action="append",
-        metavar="SPEC",
-        help="[NAME=]ARCH, ARCH@TAG, ARCH@PATH, a bundled name (demo-final), hf:ID_OR_DIR[@PATH], "
-        "py:MODULE:FACTORY or PLUGIN:ARGS (see docs/models.md); repeatable",
-    )
+def _add_run_settings(run: argparse.ArgumentParser) -> None:
+    """Flags of every RunConfig setting, shared by ``run`` and ``watch``."""
     run.add_argument("--tasks", action="append", metavar="A,B", help="task names or .yaml paths, comma-separated")
     run.add_argument("--suite", action="append", metavar="NAME", help="a suite from tasks/suites/ (repeatable)")
     _add_tasks_dir(run)
@@ -115,6 +93,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust-remote-code", action="store_true", help="let hf: models run Python code from their repository"
     )
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evalbench",
+        description="Zero-shot and linear-probe evaluation of CLIP-like models.\n\n"
+        "example:\n  evalbench run --model ViT-B-32@laion2b_s34b_b79k --tasks cifar10",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = _sub(
+        sub,
+        "run",
+        "evaluate models on tasks (defaults: the bundled demo models on the offline suite)",
+        "evalbench run --model ViT-B-32@laion2b_s34b_b79k --model hf:openai/clip-vit-base-patch32 --suite quick",
+    )
+    run.add_argument(
+        "--model",
+        action="append",
+        metavar="SPEC",
+        help="[NAME=]ARCH, ARCH@TAG, ARCH@PATH, a bundled name (demo-final), hf:ID_OR_DIR[@PATH], "
+        "py:MODULE:FACTORY or PLUGIN:ARGS (see docs/models.md); a glob in PATH ('ARCH@ckpts/epoch_*.pt') "
+        "evaluates every matching checkpoint; repeatable",
+    )
+    _add_run_settings(run)
+
+    watch = _sub(
+        sub, "watch",
+        "evaluate each new checkpoint that appears in a folder, once, as a training run writes them",
+        "evalbench watch runs/exp1/checkpoints --arch ViT-B-32 --suite quick --pattern 'epoch_*.pt' "
+        "--interval 60 --until-idle 3600 --report exp1.html",
+    )
+    watch.add_argument("folder", type=Path, metavar="DIR", help="the folder the training run writes checkpoints to")
+    watch.add_argument("--arch", required=True, metavar="ARCH_OR_CONFIG",
+                       help="what each checkpoint is loaded into: an open_clip architecture, a model-config JSON, "
+                       "or hf:BASE (the model spec is ARCH@DIR/FILE)")
+    watch.add_argument("--name", default=None, metavar="NAME",
+                       help="models are named NAME/STEM and belong to run NAME (default: STEM, run = the folder's name)")
+    watch.add_argument("--pattern", default=None, metavar="GLOB",
+                       help="file names to evaluate (default: any *.pt, *.pth, *.bin, *.safetensors, *.ckpt)")
+    watch.add_argument("--interval", type=float, default=60.0, metavar="SECONDS", help="seconds between polls")
+    watch.add_argument("--until-idle", type=float, default=None, metavar="SECONDS",
+                       help="stop after this long without a new checkpoint (default: run until Ctrl-C)")
+    watch.add_argument("--report", type=Path, default=None, metavar="PATH.html",
+                       help="rewrite this HTML report after each checkpoint")
+    _add_run_settings(watch)
     tasks = _sub(sub, "tasks", "list, show and validate tasks", "evalbench tasks list 'imagenet*'")
     tasks_sub = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
     t_list = _sub(tasks_sub, "list", "list tasks, optionally matching a wildcard", "evalbench tasks list 'shapes-*'")
@@ -190,18 +216,18 @@ RUN_FLAGS = {
 }
 
 
-def cmd_run(args) -> int:
-    from evalbench import distributed
-    from evalbench.api import run
-    from evalbench.config import default_cache_dir, make_config
-    from evalbench.report import load_records, render
-    from evalbench.tasks.loader import TaskRegistry
-
-    registry = TaskRegistry(args.tasks_dir)
+def _tasks(args, registry) -> list[str]:
     tasks = _csv(args.tasks)
     for suite in args.suite or []:
         tasks += registry.suite(suite).tasks
-    config = make_config(
+    return tasks
+
+
+def _run_config(args):
+    """The RunConfig the flags of :func:`_add_run_settings` describe (validated)."""
+    from evalbench.config import default_cache_dir, make_config
+
+    return make_config(
         RUN_FLAGS,
         modes=tuple(_csv([args.mode])),
         results_dir=args.results_dir,
@@ -223,6 +249,17 @@ def cmd_run(args) -> int:
         progress=not args.no_progress and not args.quiet and os.environ.get("RANK", "0") == "0",
         trust_remote_code=args.trust_remote_code,
     )
+
+
+def cmd_run(args) -> int:
+    from evalbench import distributed
+    from evalbench.api import run
+    from evalbench.report import load_records, render
+    from evalbench.tasks.loader import TaskRegistry
+
+    registry = TaskRegistry(args.tasks_dir)
+    tasks = _tasks(args, registry)
+    config = _run_config(args)
     if not tasks:
         tasks = registry.suite(DEFAULT_SUITE).tasks
         log.info("no --tasks or --suite: running the '%s' suite", DEFAULT_SUITE)
@@ -233,7 +270,40 @@ def cmd_run(args) -> int:
     if not distributed.is_main():
         return 0
     print(render(load_records(paths=paths), registry.suites(), "md"))
-    return _report_skipped(paths.skipped)
+    return max(_report_skipped(paths.skipped), report_failed(paths.failed))
+
+
+def report_failed(failed: list) -> int:
+    """The end-of-run summary of models whose weights failed to load: exit status 1 if any (the
+    other models ran and were written)."""
+    if not failed:
+        return 0
+    print(f"evalbench: {len(failed)} model(s) failed to load and were not evaluated:", file=sys.stderr)
+    for model in failed:
+        print(f"  {model}", file=sys.stderr)
+    return 1
+
+
+def cmd_watch(args) -> int:
+    from evalbench.tasks.loader import TaskRegistry
+    from evalbench.watch import watch_folder
+
+    registry = TaskRegistry(args.tasks_dir)
+    tasks = _tasks(args, registry)
+    if not tasks:
+        raise EvalbenchError("watch: pass --suite or --tasks (what to evaluate each checkpoint on)")
+    if args.interval <= 0:
+        raise EvalbenchError(f"--interval: expected a number of seconds > 0, got {args.interval}")
+    if args.until_idle is not None and args.until_idle < 0:
+        raise EvalbenchError(f"--until-idle: expected a number of seconds >= 0, got {args.until_idle}")
+    summary = watch_folder(
+        args.folder, args.arch, tasks, _run_config(args), registry, name=args.name, pattern=args.pattern,
+        interval=args.interval, until_idle=args.until_idle, report=args.report,
+    )
+    if summary is None:  # a torchrun rank other than 0
+        return 0
+    print(summary.describe())
+    return report_failed(summary.failed)
 
 
 def _report_skipped(skipped: list) -> int:
@@ -388,7 +458,7 @@ def cmd_cache(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "probe": cmd_probe, "tasks": cmd_tasks, "models": cmd_models, "cache": cmd_cache, "report": cmd_report}
+COMMANDS = {"run": cmd_run, "watch": cmd_watch, "probe": cmd_probe, "tasks": cmd_tasks, "models": cmd_models, "cache": cmd_cache, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

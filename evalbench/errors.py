@@ -31,3 +31,15 @@ class MissingSplitError(EvalbenchError):
     def for_task(self, task: str, prefix: str) -> "MissingSplitError":
         """The same error, naming ``task`` and with ``prefix`` (the task file) before the message."""
         return MissingSplitError(self.split, self.available, self.where, task, prefix)
+
+
+class ModelLoadError(EvalbenchError):
+    """A model's weights failed to load (a corrupt file, weights of another architecture, an
+    adapter that raised). ``model`` is its display name, ``spec`` its ``--model`` spec and
+    ``reason`` the underlying error as one line. ``evalbench.api.run`` catches it per model: the
+    other models still run, and the failure is listed in ``Evaluation.failed``.
+    """
+
+    def __init__(self, model: str, spec: str, reason: str):
+        self.model, self.spec, self.reason = model, spec, reason
+        super().__init__(f"{model}: failed to load ({spec}): {reason}")

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 # 2: model.adapter (how the adapter ran the model); matching tasks' per_subset and per-item
 #    correctness; group tasks' per_group and per-image groups. All additions: version 1 records
 #    read unchanged.
-SCHEMA_VERSION = 2
+# 3: model.step and model.run (a checkpoint of a sweep: its training step and run; null for other
+#    models). Additions again: version 1 and 2 records read with both null.
+SCHEMA_VERSION = 3
 
 
 class _Open(BaseModel):
@@ -33,11 +35,14 @@ class _Open(BaseModel):
 
 
 class RecordModel(_Open):
-    """Which model produced the results: display name, the ``--model`` spec, weights fingerprint."""
+    """Which model produced the results: display name, the ``--model`` spec, weights fingerprint;
+    for a checkpoint of a sweep, its training ``step`` and the ``run`` it belongs to."""
 
     name: str
     spec: str
     fingerprint: str | None = None
+    step: int | None = None
+    run: str | None = None
 
 
 class RecordTask(_Open):
@@ -93,8 +98,9 @@ class Record(BaseModel):
 
 
 def migrate(data: dict) -> dict:
-    """Older records in the current layout; each version adds one step here. 1 -> 2 only added
-    keys, so a version 1 record is already valid as it is."""
+    """Older records in the current layout; each version adds one step here. 1 -> 2 and 2 -> 3
+    only added keys (3: ``model.step`` and ``model.run``, null when absent), so older records are
+    already valid as they are."""
     return data
 
 

@@ -358,6 +358,9 @@ MODEL_CASES = [
     ("unknown-architecture", _unknown_arch, ["unknown", "ViT-B-99-nonexistent"]),
     ("unknown-pretrained-tag", _unknown_tag, ["nope", "laion2b_s34b_b79k"]),
     ("missing-checkpoint", _missing_checkpoint, ["absent.pt", "not found"]),
+]
+# Weights that fail to load fail their model only: named in the end summary, exit status 1.
+LOAD_CASES = [
     ("code-executing-pickle", _code_executing_pickle, ["evil.pt", "refused"]),
     (
         "mismatched-state-dict-keys",
@@ -397,7 +400,8 @@ def test_run_model_error_is_one_error_line(case, build, words, tmp_path, imagefo
 def test_run_model_error_writes_nothing(case, build, tmp_path, imagefolder_root, tiny_arch, checkpoint, capsys):
     task = good_task(tmp_path, imagefolder_root)
     rc, _, results = run(capsys, tmp_path, build(tmp_path, tiny_arch, checkpoint), str(task))
-    assert rc == 2
+    load_time = case in {c[0] for c in LOAD_CASES}  # exit 1 at the end: the model failed, by name
+    assert rc == (1 if load_time else 2)
     assert written_under(results) == []
 
 
@@ -414,3 +418,17 @@ def test_errors_are_not_tracebacks_with_debug_off(tmp_path, capsys):
     rc, err, _ = run(capsys, tmp_path, "tiny=ViT-B-99-nonexistent", str(tmp_path / "absent.yaml"))
     assert rc == 2
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("case, build, words", LOAD_CASES, ids=[c[0] for c in LOAD_CASES])
+def test_run_load_failure_names_the_model(case, build, words, tmp_path, imagefolder_root, tiny_arch, checkpoint, capsys):
+    task = good_task(tmp_path, imagefolder_root)
+    model = build(tmp_path, tiny_arch, checkpoint)
+    rc, err, results = run(capsys, tmp_path, model, str(task))
+    assert rc == 1 and "Traceback" not in err
+    summary = err[err.index("1 model(s) failed to load"):].splitlines()
+    assert len(summary) == 2 and summary[1].startswith("  tiny ("), err
+    for word in words:
+        assert word in summary[1], (word, summary[1])
+    assert not (tmp_path / "marker").exists(), "the pickle's code ran"
+    assert not (results / "tiny" / "good.json").exists()

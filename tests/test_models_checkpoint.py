@@ -153,13 +153,16 @@ def test_fine_tuned_embeddings_equal_the_in_memory_model(tuned, tiny_arch, image
         assert not torch.allclose(random.encode_images(pixels), want[0])
 
 
-def test_mismatched_keys_exit_2_naming_them(tuned, tiny_arch, task_dir, tmp_path, capsys):
+def test_mismatched_keys_fail_the_model_naming_them(tuned, tiny_arch, task_dir, tmp_path, capsys):
+    """A load failure is the model's, not the run's: named in the end summary, exit status 1."""
     model, _, _, _ = tuned
     state = dict(model.state_dict())
     state["visual.projection"] = state.pop("visual.proj")
     path = tmp_path / "bad.pt"
     torch.save(state, path)
-    assert run(f"bad={tiny_arch}@{path}", task_dir, tmp_path) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert "missing keys (first: visual.proj)" in err and "unexpected keys (first: visual.projection)" in err
+    assert run(f"bad={tiny_arch}@{path}", task_dir, tmp_path) == 1
+    err = capsys.readouterr().err
+    summary = err[err.index("1 model(s) failed to load"):].splitlines()[1]
+    assert summary.startswith("  bad (")
+    assert "missing keys (first: visual.proj)" in summary and "unexpected keys (first: visual.projection)" in summary
+    assert "Traceback" not in err and not (tmp_path / "results" / "bad").exists()

@@ -199,11 +199,12 @@ def test_state_dict_with_wrong_keys_names_them(clip_dir, one_template_tasks, tmp
     path = tmp_path / "bad.pt"
     torch.save(state, path)
     capsys.readouterr()
-    assert run(f"bad=hf:{clip_dir}@{path}", one_template_tasks, tmp_path) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert "missing keys (first: text_projection.weight)" in err
-    assert "unexpected keys (first: text_projection.extra)" in err
+    assert run(f"bad=hf:{clip_dir}@{path}", one_template_tasks, tmp_path) == 1  # the model failed, named
+    err = capsys.readouterr().err
+    summary = err[err.index("1 model(s) failed to load"):].splitlines()[1]
+    assert summary.startswith("  bad (")
+    assert "missing keys (first: text_projection.weight)" in summary
+    assert "unexpected keys (first: text_projection.extra)" in summary
 
 
 def test_uncached_hub_model_offline_is_one_line_error(one_template_tasks, tmp_path, capsys):

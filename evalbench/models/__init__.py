@@ -7,6 +7,7 @@ Each family is one module exposing an adapter class; the spec's prefix picks it
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from evalbench.errors import EvalbenchError
+from evalbench.errors import EvalbenchError, ModelLoadError
 from evalbench.models.base import ModelAdapter, ModelSpec
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -124,8 +125,26 @@ class LazyModel:
         return self._model is not None
 
     def get(self) -> ModelAdapter:
+        """The adapter, loaded on first call; ModelLoadError naming the model if loading fails."""
         if self._model is None:
-            self._model = load_model(self.spec, self.device, self.trust_remote_code)
+            try:
+                self._model = load_model(self.spec, self.device, self.trust_remote_code)
+            except Exception as e:  # noqa: BLE001 - any failure to load is this model's, reported by name
+                reason = str(e).removeprefix("--model: ") if isinstance(e, EvalbenchError) else f"{type(e).__name__}: {e}"
+                reason = " ".join(reason.split())  # one line; torch's size-mismatch lists run long
+                raise ModelLoadError(self.spec.name, self.spec.spec, reason if len(reason) <= 400 else reason[:397] + "...") from e
             # A hub model's identity may only be known once downloaded (its commit).
             self.fingerprint = getattr(self._model, "fingerprint", self.fingerprint)
         return self._model
+
+    def release(self) -> None:
+        """Drop the loaded adapter, so that a sweep holds one model's weights at a time."""
+        self._model = None
+
+    @functools.cached_property
+    def step(self) -> int | None:
+        """The training step its record holds (a sweep's checkpoint; None otherwise), read from
+        the checkpoint only when first asked: a fully cached rerun never opens the file."""
+        from evalbench.models.sweep import recorded_step
+
+        return recorded_step(self.spec)

@@ -15,13 +15,18 @@ class ModelSpec:
     """A parsed ``--model`` argument: ``[NAME=]FAMILY_SPEC``.
 
     ``family`` picks the adapter module (``open_clip`` for bare specs, ``hf`` for ``hf:...``);
-    ``target`` is the spec without the display name and family prefix.
+    ``target`` is the spec without the display name and family prefix. A checkpoint of a sweep
+    (one match of a glob spec, or a file ``evalbench watch`` found) also has ``step``, the last
+    number in its file name, and ``run``, the training run it belongs to (see
+    :mod:`evalbench.models.sweep`); both are None for any other model.
     """
 
     name: str
     spec: str
     family: str
     target: str
+    step: int | None = None
+    run: str | None = None
 
     @property
     def slug(self) -> str:

@@ -153,7 +153,14 @@ def skip_init():
 
 
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load ``state`` strictly; on mismatch, name the first missing and unexpected keys."""
+    """Load ``state`` strictly; on mismatch, name the first missing and unexpected keys, or the
+    first tensors whose shapes differ (before torch's error, which lists every one of them)."""
+    own = module.state_dict()
+    reshaped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if reshaped:
+        first = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in reshaped[:2])
+        raise EvalbenchError(f"--model: {path}: weights do not fit the architecture: "
+                             f"{len(reshaped)} tensors of another shape (first: {first})")
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         parts = []
