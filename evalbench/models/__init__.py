@@ -118,6 +118,8 @@ class LazyModel:
         self.fingerprint = model_fingerprint(spec)
         self.code_version = code_version(spec)
         self._model: ModelAdapter | None = None
+        # The run's other models, for passes over the data shared with them (evalbench.cohort).
+        self.cohort = None
 
     @property
     def loaded(self) -> bool:
@@ -129,3 +131,7 @@ class LazyModel:
             # A hub model's identity may only be known once downloaded (its commit).
             self.fingerprint = getattr(self._model, "fingerprint", self.fingerprint)
         return self._model
+
+    def release(self) -> None:
+        """Drop the loaded weights (a sweep keeps only the models still to be evaluated)."""
+        self._model = None

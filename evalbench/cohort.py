@@ -1,0 +1,70 @@
+"""The models of one run that read the same task data, so that one decoding pass serves them all.
+
+``evalbench run --model a --model b ...`` evaluates model by model. When the first model needs
+image features of a split, the later models of the run that will need the same features (the
+same task and the same pending result keys, hence the same split rows) and that preprocess images
+identically get theirs in the same pass (:func:`evalbench.runners.split_features`): each batch is
+read and decoded once, then encoded by each model. Their own turn then finds the features cached.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from evalbench import distributed
+from evalbench.features import preprocess_key
+from evalbench.models import LazyModel
+
+log = logging.getLogger(__name__)
+
+
+class Cohort:
+    """Which models of a run still want which task's results, in the run's order.
+
+    ``want(model, task, keys)`` records a model's pending result keys for a task (computed on
+    rank 0 before anything runs); ``after(model, task)`` gives the later models with the same
+    keys, the candidates for sharing ``model``'s pass over that task's data.
+    """
+
+    def __init__(self) -> None:
+        self.order: list[LazyModel] = []
+        self.keys: dict[tuple[int, str], frozenset[str]] = {}
+        self.failed: set[int] = set()
+
+    def want(self, model: LazyModel, task: str, keys: list[str]) -> None:
+        if model not in self.order:
+            self.order.append(model)
+        if keys:
+            self.keys[(id(model), task)] = frozenset(keys)
+
+    def after(self, model: LazyModel, task: str) -> list[LazyModel]:
+        mine = self.keys.get((id(model), task))
+        if mine is None or model not in self.order:
+            return []
+        later = self.order[self.order.index(model) + 1 :]
+        return [m for m in later if self.keys.get((id(m), task)) == mine and id(m) not in self.failed]
+
+    def load_peers(self, model: LazyModel, candidates: list[LazyModel]) -> list[LazyModel]:
+        """The ``candidates`` that load and preprocess images exactly as the loaded ``model``
+        does. A candidate that fails to load is logged and left out (on every rank alike), and
+        not tried again in a shared pass: its own turn loads it again and reports its error."""
+        key = preprocess_key(model.get().preprocess)
+        if key is None or not candidates:
+            return []
+        loaded = []
+        for peer in candidates:
+            try:
+                peer.get()
+                ok = True
+            except Exception as e:  # noqa: BLE001 - that model fails on its own turn, by name
+                log.warning("%s: not loaded for a shared pass (%s: %s); it is tried again on its own turn",
+                            peer.spec.name, type(e).__name__, e)
+                ok = False
+            oks = distributed.gather(ok)
+            if not distributed.broadcast(all(oks) if distributed.is_main() else None):
+                self.failed.add(id(peer))
+                continue
+            same = peer.device == model.device and preprocess_key(peer.get().preprocess) == key
+            if distributed.broadcast(same):
+                loaded.append(peer)
+        return loaded
