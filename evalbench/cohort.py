@@ -1,35 +1,43 @@
-"""The models of one run that read the same task data, so that one decoding pass serves them all.
+"""The models of one run that read the same task data, so that each image is decoded once.
 
-``evalbench run --model a --model b ...`` evaluates model by model. When the first model needs
-image features of a split, the later models of the run that will need the same features (the
-same task and the same pending result keys, hence the same split rows) and that preprocess images
-identically get theirs in the same pass (:func:`evalbench.runners.split_features`): each batch is
-read and decoded once, then encoded by each model. Their own turn then finds the features cached.
+``evalbench run --model a --model b ...`` evaluates model by model, one loaded at a time. When a
+model encodes a split and later models of the run want the same task results (hence the same
+split rows), the preprocessed images of that pass are kept in a :class:`PixelBuffer` in the
+cache's ``tmp/``; a later model whose preprocessing is identical (:func:`preprocess_key`: the
+same transform settings) reads them instead of decoding the images again. Models with other
+preprocessing decode on their own turn (and leave a buffer for the models after them). Chosen
+by measurement over encoding each batch with every model in one pass (BENCHMARKS.md,
+"Checkpoint sweeps"): as fast or faster on 2 cores, and only one model's weights in memory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from pathlib import Path
 
 from evalbench import distributed
-from evalbench.features import preprocess_key
+from evalbench.features import PixelBuffer
 from evalbench.models import LazyModel
 
 log = logging.getLogger(__name__)
 
 
 class Cohort:
-    """Which models of a run still want which task's results, in the run's order.
+    """Which models of a run still want which task's results, in the run's order, and the pixel
+    buffers their passes leave for each other.
 
     ``want(model, task, keys)`` records a model's pending result keys for a task (computed on
     rank 0 before anything runs); ``after(model, task)`` gives the later models with the same
-    keys, the candidates for sharing ``model``'s pass over that task's data.
+    keys; ``buffer(key, n)`` the buffer of a split's preprocessed rows under ``key``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
         self.order: list[LazyModel] = []
         self.keys: dict[tuple[int, str], frozenset[str]] = {}
-        self.failed: set[int] = set()
+        self.buffers: dict[str, PixelBuffer] = {}
 
     def want(self, model: LazyModel, task: str, keys: list[str]) -> None:
         if model not in self.order:
@@ -42,29 +50,24 @@ class Cohort:
         if mine is None or model not in self.order:
             return []
         later = self.order[self.order.index(model) + 1 :]
-        return [m for m in later if self.keys.get((id(m), task)) == mine and id(m) not in self.failed]
+        return [m for m in later if self.keys.get((id(m), task)) == mine]
 
-    def load_peers(self, model: LazyModel, candidates: list[LazyModel]) -> list[LazyModel]:
-        """The ``candidates`` that load and preprocess images exactly as the loaded ``model``
-        does. A candidate that fails to load is logged and left out (on every rank alike), and
-        not tried again in a shared pass: its own turn loads it again and reports its error."""
-        key = preprocess_key(model.get().preprocess)
-        if key is None or not candidates:
-            return []
-        loaded = []
-        for peer in candidates:
-            try:
-                peer.get()
-                ok = True
-            except Exception as e:  # noqa: BLE001 - that model fails on its own turn, by name
-                log.warning("%s: not loaded for a shared pass (%s: %s); it is tried again on its own turn",
-                            peer.spec.name, type(e).__name__, e)
-                ok = False
-            oks = distributed.gather(ok)
-            if not distributed.broadcast(all(oks) if distributed.is_main() else None):
-                self.failed.add(id(peer))
-                continue
-            same = peer.device == model.device and preprocess_key(peer.get().preprocess) == key
-            if distributed.broadcast(same):
-                loaded.append(peer)
-        return loaded
+    def buffer(self, key: str, n: int) -> PixelBuffer:
+        """The buffer of ``n`` rows filed under ``key`` (made empty on first use); one file per
+        process, so torchrun ranks on one machine keep apart."""
+        if key not in self.buffers:
+            name = hashlib.sha256(key.encode()).hexdigest()[:20]
+            path = self.tmp / f"pixels-{os.getpid()}-r{distributed.rank()}-{name}.npy"
+            self.buffers[key] = PixelBuffer(path, n)
+        return self.buffers[key]
+
+    def drop(self, buffer: PixelBuffer) -> None:
+        for key in [k for k, b in self.buffers.items() if b is buffer]:
+            del self.buffers[key]
+        buffer.delete()
+
+    def close(self) -> None:
+        """Delete every buffer (the end of the run)."""
+        for buffer in self.buffers.values():
+            buffer.delete()
+        self.buffers.clear()
