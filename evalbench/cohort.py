@@ -15,7 +15,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from pathlib import Path
+
+from PIL import Image
 
 from evalbench import distributed
 from evalbench.features import PixelBuffer
@@ -30,7 +33,8 @@ class Cohort:
 
     ``want(model, task, keys)`` records a model's pending result keys for a task (computed on
     rank 0 before anything runs); ``after(model, task)`` gives the later models with the same
-    keys; ``buffer(key, n)`` the buffer of a split's preprocessed rows under ``key``.
+    keys; ``buffers`` the preprocessed rows of the splits decoded so far, by data and
+    preprocessing (:meth:`new_buffer`).
     """
 
     def __init__(self, tmp: Path) -> None:
@@ -52,13 +56,17 @@ class Cohort:
         later = self.order[self.order.index(model) + 1 :]
         return [m for m in later if self.keys.get((id(m), task)) == mine]
 
-    def buffer(self, key: str, n: int) -> PixelBuffer:
-        """The buffer of ``n`` rows filed under ``key`` (made empty on first use); one file per
-        process, so torchrun ranks on one machine keep apart."""
-        if key not in self.buffers:
-            name = hashlib.sha256(key.encode()).hexdigest()[:20]
-            path = self.tmp / f"pixels-{os.getpid()}-r{distributed.rank()}-{name}.npy"
-            self.buffers[key] = PixelBuffer(path, n)
+    def new_buffer(self, key: str, n: int, preprocess) -> PixelBuffer | None:
+        """An empty buffer for ``n`` rows of what ``preprocess`` makes, filed under ``key``; None
+        when it would take more than half the free disk space of the cache (then every model
+        decodes for itself). One file per process, so torchrun ranks on one machine keep apart."""
+        size = n * preprocess(Image.new("RGB", (8, 8))).numel() * 4
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        if size > shutil.disk_usage(self.tmp).free // 2:
+            return None
+        name = hashlib.sha256(key.encode()).hexdigest()[:20]
+        path = self.tmp / f"pixels-{os.getpid()}-r{distributed.rank()}-{name}.npy"
+        self.buffers[key] = PixelBuffer(path, n)
         return self.buffers[key]
 
     def drop(self, buffer: PixelBuffer) -> None:

@@ -145,8 +145,13 @@ def split_features(model: LazyModel, split: SplitData, rows: np.ndarray, fingerp
     preprocessing = preprocess_key(adapter.preprocess)
     if entry is not None and model.cohort is not None and preprocessing is not None:
         key = f"{fingerprint}|{split_name}|{hashlib.sha256(rows.tobytes()).hexdigest()}|{preprocessing}"
-        if key in model.cohort.buffers or model.cohort.after(model, task.name):
-            pixels = model.cohort.buffer(key, len(rows))
+        if key in model.cohort.buffers:
+            pixels = model.cohort.buffers[key]
+        elif model.cohort.after(model, task.name):
+            pixels = model.cohort.new_buffer(key, len(rows), adapter.preprocess)
+            if pixels is None:
+                log.info("%s/%s: too large to keep decoded for the later models (over half the free disk of "
+                         "the cache); each decodes it", task.name, split_name)
     out = extract_shared(
         [FeatureJob(adapter, entry)],
         Rows(split, rows),

@@ -222,3 +222,19 @@ def test_preprocess_key_compares_settings_not_reprs():
     assert preprocess_key(_Scaled(0.5, 0.2)) == preprocess_key(a)
     # Lambdas and closures cannot be compared: such a pipeline shares with nothing.
     assert preprocess_key(transforms.Compose([lambda x: x])) is None
+
+
+def test_a_split_too_large_for_the_disk_is_decoded_by_each_model(tmp_path, task_dir, decodes, monkeypatch, capfd):
+    from collections import namedtuple
+
+    from evalbench import cohort
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(cohort.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    assert _run(tmp_path / "one", task_dir, ["demo-final"], "--mode", "zeroshot") == 0
+    single = len(decodes)
+    decodes.clear()
+    capfd.readouterr()
+    assert _run(tmp_path / "two", task_dir, ["demo-final", "demo-early"], "--mode", "zeroshot") == 0
+    assert len(decodes) == 2 * single
+    assert "too large to keep decoded for the later models" in capfd.readouterr().err
