@@ -155,16 +155,13 @@ def _run(models: list[str], tasks: list[str], config: RunConfig, registry: TaskR
         log.warning("--precision amp applies on CUDA only; using fp32 on %s", device)
         config = config.model_copy(update={"precision": "fp32"})
     lazy_models = [LazyModel(spec, device, config.trust_remote_code) for spec in specs]  # validates every spec up front
-    cohort = _join_cohort(lazy_models, task_objs, config) if len(lazy_models) > 1 and config.use_cache else None
+    if len(lazy_models) > 1 and config.use_cache:
+        _join_cohort(lazy_models, task_objs, config)
     skipped: list[SkippedMode] = []
     paths = []
-    try:
-        for model in lazy_models:
-            paths += [evaluate_one(model, task, config, skipped) for task in task_objs]
-            model.release()  # one model's weights in memory at a time
-    finally:
-        if cohort is not None:
-            cohort.close()
+    for model in lazy_models:
+        paths += [evaluate_one(model, task, config, skipped) for task in task_objs]
+        model.release()  # a sweep holds only the models still to come (some loaded by shared passes)
     # A (model, task) whose every mode was skipped has no record to point to.
     return Evaluation([p for p in paths if p.exists() or not distributed.is_main()], skipped)
 
@@ -248,9 +245,9 @@ def _todo(existing: Record | None, model: LazyModel, task: Task, config: RunConf
     return todo
 
 
-def _join_cohort(models: list[LazyModel], tasks: list[Task], config: RunConfig):
-    """Tell every model which other models of the run want which task results, so that a split's
-    images are decoded once for all that need them (see :mod:`evalbench.cohort`). Decided on
+def _join_cohort(models: list[LazyModel], tasks: list[Task], config: RunConfig) -> None:
+    """Tell every model which other models of the run want which task results, so that one pass
+    over a split's images serves all that need it (see :mod:`evalbench.cohort`). Decided on
     rank 0 from the records as they are now; a record another process finishes meanwhile costs
     at most a wasted encoding, never a wrong result."""
     from evalbench.cohort import Cohort
@@ -269,12 +266,11 @@ def _join_cohort(models: list[LazyModel], tasks: list[Task], config: RunConfig):
                     keys = [k for k in keys if not k.startswith("linear_probe")]
                 wanted[(i, task.name)] = keys
     wanted = distributed.broadcast(wanted)
-    cohort = Cohort(Path(config.cache_dir) / "tmp")
+    cohort = Cohort()
     for i, model in enumerate(models):
         model.cohort = cohort
         for task in tasks:
             cohort.want(model, task.name, wanted[(i, task.name)])
-    return cohort
 
 
 def _names(value: str | Iterable[str] | None) -> list[str]:

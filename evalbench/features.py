@@ -8,7 +8,6 @@ import functools
 import logging
 import types
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -119,43 +118,6 @@ def preprocess_key(preprocess, _depth: int = 0) -> str | None:
     return None if inner is None else f"{type(preprocess).__module__}.{type(preprocess).__qualname__}{inner}"
 
 
-class PixelBuffer:
-    """The preprocessed pixels of one split's rows, written by the first model of a run that
-    decodes them and read by the later models with the same preprocessing (a checkpoint sweep
-    decodes each image once). A float32 ``.npy`` memmap, so the later models see exactly the
-    tensors the first one did; disk bound: rows x channels x height x width x 4 bytes (0.6 MB per
-    224 px image), deleted at the end of the run. A position is usable once written."""
-
-    def __init__(self, path: Path, n: int):
-        self.path, self.n = path, n
-        self.pixels: np.ndarray | None = None
-        self.errors = [""] * n
-        self.written = np.zeros(n, dtype=bool)
-
-    def write(self, positions: list[int], pixels: torch.Tensor, errors) -> None:
-        if self.pixels is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.pixels = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32,
-                                                    shape=(self.n, *pixels.shape[1:]))
-        self.pixels[positions] = pixels.numpy()
-        for p, e in zip(positions, errors):
-            self.errors[p] = e
-        self.written[positions] = True
-
-    def covers(self, positions: list[int]) -> bool:
-        return self.pixels is not None and bool(self.written[positions].all())
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        return torch.from_numpy(np.array(self.pixels[i])), self.errors[i]
-
-    def delete(self) -> None:
-        self.pixels = None
-        self.path.unlink(missing_ok=True)
-
-
 @dataclass
 class FeatureJob:
     """One model of a shared pass and the cache entry its features go to (None: kept in memory)."""
@@ -214,18 +176,16 @@ def extract_shared(
     precision: str = "fp32",
     on_bad_image: str = "error",
     shard_size: int = 4096,
-    pixels: PixelBuffer | None = None,
 ) -> list[np.ndarray | None]:
     """Encode every image of ``dataset`` (which yields PIL images) with each job's model, reading
     and preprocessing each image once; return float32 (n, dim) per job.
 
     Every model must have the same preprocessing (the first one's is applied; see
     :func:`preprocess_key`) and device. Each batch is decoded once, then encoded by each model in
-    turn, so every model is in memory during the pass (memory: the models, one batch of pixels,
-    and per model the rows of one unfinished shard). A run of several models does not use that
-    (see ``runners.split_features``): it passes a ``pixels`` buffer instead, one model at a time.
-    When ``pixels`` holds every row this rank encodes, the images are read from it instead of
-    decoded; otherwise the decoded, preprocessed batches are also written into it for later.
+    turn, so every model is in memory during the pass: the measured choice against decoding once
+    into a buffer and encoding one model at a time (as fast or faster, see BENCHMARKS.md,
+    "Checkpoint sweeps"). Memory: the models (``evalbench.cohort`` bounds their weights), one
+    batch of pixels, and per model the rows of one unfinished shard.
 
     Rows are encoded in shards. With a cache entry, each shard is written as it completes,
     shards already on disk are not recomputed (a shard missing from any job's entry is encoded
@@ -251,32 +211,25 @@ def extract_shared(
         if len(todo) < n_shards:
             log.info("%s: resuming, %d of %d shards cached", desc, n_shards - len(todo), n_shards)
     first = jobs[0].model
-    reuse = pixels is not None and pixels.covers(rows)
-    if reuse:
-        log.info("%s: reading %d preprocessed images an earlier model of the run decoded", desc, len(rows))
     loader = DataLoader(
-        Subset(pixels if reuse else Preprocessed(dataset, first.preprocess), rows),
+        Subset(Preprocessed(dataset, first.preprocess), rows),
         batch_size=batch_size,
-        num_workers=0 if reuse else workers,  # reading the buffer needs no workers (nor copies of it)
+        num_workers=workers,
         pin_memory=first.device.type == "cuda",
     )
     encoders = [Encoder(job.model, precision) for job in jobs]
     writers = [_ShardWriter(job, mine, n, shard_size) for job in jobs]
     label = desc if len(jobs) == 1 else f"{desc} ({len(jobs)} models)"
-    done = 0
     with tqdm(total=len(rows), desc=label, unit="img", disable=not progress, leave=False) as bar:
-        for batch, errors in loader:
-            if pixels is not None and not reuse:
-                pixels.write(rows[done : done + len(batch)], batch, errors)
-            done += len(batch)
+        for pixels, errors in loader:
             bad = [i for i, e in enumerate(errors) if e]
             if bad and on_bad_image == "error":
                 raise EvalbenchError(f"{errors[bad[0]]}; pass --on-bad-image skip to leave such images out")
             for encode, writer in zip(encoders, writers):
-                encoded = encode(batch)
+                encoded = encode(pixels)
                 encoded[bad] = np.nan
                 writer.add(encoded)
-            bar.update(len(batch))
+            bar.update(len(pixels))
     gathered = distributed.gather([w.held for w in writers])
     if not distributed.is_main():
         return [None] * len(jobs)

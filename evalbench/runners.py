@@ -20,7 +20,7 @@ from evalbench.cache import FeatureCache, array_digest
 from evalbench.config import RunConfig
 from evalbench.data import Rows, TaskData, load_task_data
 from evalbench.errors import EvalbenchError, MissingSplitError
-from evalbench.features import FeatureJob, autocast, extract_shared, preprocess_key
+from evalbench.features import FeatureJob, autocast, extract_shared
 from evalbench.association import association_metrics, cue_prompt
 from evalbench.metrics import GROUP_METRICS, classification_metrics
 from evalbench.models import LazyModel
@@ -124,36 +124,35 @@ def split_features(model: LazyModel, split: SplitData, rows: np.ndarray, fingerp
     cache when a complete entry exists, else encoded (and cached shard by shard). None on
     torchrun ranks other than 0, whose share went to rank 0.
 
-    In a run of several models (``model.cohort``) the preprocessed images are kept for the
-    later models that want the same results and preprocess identically, which read them instead
-    of decoding (:mod:`evalbench.cohort`). Under ``--no-cache`` each model decodes for itself.
+    With a cache, the later models of the run (``model.cohort``) that want the same task results
+    and preprocess images the same way are encoded in the same pass into their own entries, so
+    the split is decoded once for all of them. Under ``--no-cache`` each model has its own pass.
     """
     cache = FeatureCache(config.cache_dir if config.use_cache else None, config.cache_dtype, config.shard_size)
 
-    def entry_of():
-        meta = {"model": model.spec.name, "task": task.name, "split": split_name}
-        return cache.features(feature_key(model, fingerprint, split_name, rows, config.precision), meta)
+    def entry_of(m: LazyModel):
+        meta = {"model": m.spec.name, "task": task.name, "split": split_name}
+        return cache.features(feature_key(m, fingerprint, split_name, rows, config.precision), meta)
 
-    entry = entry_of()
+    entry = entry_of(model)
     if distributed.broadcast(entry is not None and entry.complete()):
         return entry.load(len(rows)) if distributed.is_main() else None
-    adapter = model.get()
+    model.get()
     # Keyed again once loaded: loading may resolve the weights anew (a hub commit just
     # downloaded), and the features must be filed under what was actually loaded.
-    entry = entry_of()
-    pixels = None
-    preprocessing = preprocess_key(adapter.preprocess)
-    if entry is not None and model.cohort is not None and preprocessing is not None:
-        key = f"{fingerprint}|{split_name}|{hashlib.sha256(rows.tobytes()).hexdigest()}|{preprocessing}"
-        if key in model.cohort.buffers:
-            pixels = model.cohort.buffers[key]
-        elif model.cohort.after(model, task.name):
-            pixels = model.cohort.new_buffer(key, len(rows), adapter.preprocess)
-            if pixels is None:
-                log.info("%s/%s: too large to keep decoded for the later models (over half the free disk of "
-                         "the cache); each decodes it", task.name, split_name)
-    out = extract_shared(
-        [FeatureJob(adapter, entry)],
+    jobs = [FeatureJob(model.get(), entry_of(model))]
+    if cache.root is not None and model.cohort is not None:
+        candidates = [m for m in model.cohort.after(model, task.name)
+                      if not distributed.broadcast(entry_of(m).complete())]
+        for peer in model.cohort.load_peers(model, candidates):
+            peer_entry = entry_of(peer)
+            if not distributed.broadcast(peer_entry.complete()):
+                jobs.append(FeatureJob(peer.get(), peer_entry))
+        if len(jobs) > 1:
+            log.info("%s/%s: one pass for %d models with the same preprocessing: %s", task.name, split_name,
+                     len(jobs), ", ".join(getattr(j.model.spec, "name", "?") for j in jobs))
+    return extract_shared(
+        jobs,
         Rows(split, rows),
         batch_size=config.batch_size,
         workers=config.workers,
@@ -162,11 +161,7 @@ def split_features(model: LazyModel, split: SplitData, rows: np.ndarray, fingerp
         precision=config.precision,
         on_bad_image=config.on_bad_image,
         shard_size=config.shard_size,
-        pixels=pixels,
     )[0]
-    if pixels is not None and not model.cohort.after(model, task.name):
-        model.cohort.drop(pixels)  # no later model wants it
-    return out
 
 
 def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> tuple[dict, dict, dict]:
