@@ -55,6 +55,7 @@ class Cohort:
         self.order: list[LazyModel] = []
         self.keys: dict[tuple[int, str], frozenset[str]] = {}
         self.failed: set[int] = set()
+        self.preprocessing: dict[int, str | None] = {}  # by model, once loaded: preprocess_key
 
     def want(self, model: LazyModel, task: str, keys: list[str]) -> None:
         if model not in self.order:
@@ -74,12 +75,14 @@ class Cohort:
         does. A candidate that fails to load is logged and left out (on every rank alike), and
         not tried again in a shared pass: its own turn loads it again and reports its error.
         Peers join while the weights of the pass stay within :func:`pass_memory_budget`."""
-        key = preprocess_key(model.get().preprocess)
+        key = self._preprocessing(model)
         if key is None or not candidates:
             return []
         loaded = []
         held, budget = weights_bytes(model.get()), pass_memory_budget()
         for peer in candidates:
+            if id(peer) in self.preprocessing and self.preprocessing[id(peer)] != key:
+                continue  # known to differ: not loaded again to find out
             if held >= budget:
                 log.info("%s: the models of this pass hold %.1f GB of weights; later models get their own pass",
                          model.spec.name, held / 1e9)
@@ -95,10 +98,15 @@ class Cohort:
             if not distributed.broadcast(all(oks) if distributed.is_main() else None):
                 self.failed.add(id(peer))
                 continue
-            same = peer.device == model.device and preprocess_key(peer.get().preprocess) == key
+            same = peer.device == model.device and self._preprocessing(peer) == key
             if distributed.broadcast(same):
                 loaded.append(peer)
                 held += weights_bytes(peer.get())
             else:  # its own pass comes on its own turn; meanwhile it need not hold memory
                 peer.release()
         return loaded
+
+    def _preprocessing(self, model: LazyModel) -> str | None:
+        if id(model) not in self.preprocessing:
+            self.preprocessing[id(model)] = preprocess_key(model.get().preprocess)
+        return self.preprocessing[id(model)]
