@@ -153,7 +153,8 @@ def run(
     a task names but its source lacks fails no run: the modes that need it are logged and listed
     in ``.skipped``, every other mode runs and is written. A model whose weights fail to load is
     logged and listed in ``.failed``, and the other models still run. Models are evaluated one
-    after the other, each released before the next loads.
+    after the other, each released after its turn; models that share preprocessing share each
+    split's decoding pass (:mod:`evalbench.cohort`), so a sweep decodes its images once.
     Checkpoint digests are remembered in ``config.cache_dir`` (nowhere under ``use_cache=False``).
     """
     with digest_memo(config.cache_dir if config.use_cache else None):
@@ -177,6 +178,8 @@ def _run(models: list[str], tasks: list[str], config: RunConfig, registry: TaskR
         log.warning("--precision amp applies on CUDA only; using fp32 on %s", device)
         config = config.model_copy(update={"precision": "fp32"})
     lazy_models = [LazyModel(spec, device, config.trust_remote_code) for spec in specs]  # validates every spec up front
+    if len(lazy_models) > 1 and config.use_cache:
+        _join_cohort(lazy_models, task_objs, config)
     skipped: list[SkippedMode] = []
     failed: list[FailedModel] = []
     paths = []
@@ -187,7 +190,7 @@ def _run(models: list[str], tasks: list[str], config: RunConfig, registry: TaskR
             log.error("%s; its remaining tasks are not run", e)
             failed.append(FailedModel(e.model, e.spec, e.reason))
         finally:
-            model.release()
+            model.release()  # a sweep holds only the models still to come (some loaded by shared passes)
     # A (model, task) whose every mode was skipped has no record to point to.
     return Evaluation([p for p in paths if p.exists() or not distributed.is_main()], skipped, failed)
 
@@ -270,6 +273,34 @@ def _todo(existing: Record | None, model: LazyModel, task: Task, config: RunConf
         path = record_path(config.results_dir, model.spec.slug, task.name)
         log.info("%s / %s: done already (%s); --overwrite reruns", model.spec.name, task.name, path)
     return todo
+
+
+def _join_cohort(models: list[LazyModel], tasks: list[Task], config: RunConfig) -> None:
+    """Tell every model which other models of the run want which task results, so that one pass
+    over a split's images serves all that need it (see :mod:`evalbench.cohort`). Decided on
+    rank 0 from the records as they are now; a record another process finishes meanwhile costs
+    at most a wasted encoding, never a wrong result."""
+    from evalbench.cohort import Cohort
+
+    wanted = None
+    if distributed.is_main():
+        wanted = {}
+        for i, model in enumerate(models):
+            for task in tasks:
+                try:
+                    existing = load_record(record_path(config.results_dir, model.spec.slug, task.name))
+                    keys = pending_modes(existing, model, task, config)
+                except EvalbenchError:  # a conflicting record: reported on that model's own turn
+                    keys = []
+                if task.spec.splits.train is None:
+                    keys = [k for k in keys if not k.startswith("linear_probe")]
+                wanted[(i, task.name)] = keys
+    wanted = distributed.broadcast(wanted)
+    cohort = Cohort()
+    for i, model in enumerate(models):
+        model.cohort = cohort
+        for task in tasks:
+            cohort.want(model, task.name, wanted[(i, task.name)])
 
 
 def _names(value: str | Iterable[str] | None) -> list[str]:

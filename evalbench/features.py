@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import enum
+import functools
 import logging
+import types
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -74,82 +78,173 @@ class Encoder:
                 log.warning("out of memory: encoding in chunks of %d images", chunk)
 
 
+def preprocess_key(preprocess, _depth: int = 0) -> str | None:
+    """A description of every setting of an image transform (a torchvision ``Compose`` and what it
+    holds, an image processor's attributes), equal for two transforms exactly when they turn an
+    image into the same tensor; None when some part cannot be described (a lambda, a closure, an
+    object without attributes), and such a transform shares its decoding with nothing.
+
+    ``repr`` is not enough: a transform class may print only some of its settings, so the key is
+    built from the objects' attributes (mean, std, size, interpolation, ...) instead.
+    """
+    if _depth > 6:
+        return None
+    if preprocess is None or isinstance(preprocess, (bool, int, float, str, bytes)):
+        return repr(preprocess)
+    if isinstance(preprocess, enum.Enum):
+        return f"{type(preprocess).__qualname__}.{preprocess.name}"
+    if isinstance(preprocess, torch.Tensor):
+        return f"tensor{tuple(preprocess.shape)}{preprocess.detach().cpu().flatten().tolist()}"
+    if isinstance(preprocess, np.ndarray):
+        return f"array{preprocess.shape}{preprocess.flatten().tolist()}"
+    if isinstance(preprocess, (list, tuple)):
+        parts = [preprocess_key(p, _depth + 1) for p in preprocess]
+        return None if None in parts else f"[{', '.join(parts)}]"
+    if isinstance(preprocess, dict):
+        parts = {str(k): preprocess_key(v, _depth + 1) for k, v in sorted(preprocess.items(), key=lambda kv: str(kv[0]))}
+        return None if None in parts.values() else "{" + ", ".join(f"{k}: {v}" for k, v in parts.items()) + "}"
+    if isinstance(preprocess, (types.FunctionType, types.BuiltinFunctionType, type)):
+        name = f"{getattr(preprocess, '__module__', '')}.{preprocess.__qualname__}"
+        closure = getattr(preprocess, "__closure__", None)
+        return None if "<lambda>" in name or "<locals>" in name or closure else name
+    if isinstance(preprocess, functools.partial):
+        return preprocess_key([preprocess.func, preprocess.args, preprocess.keywords], _depth + 1)
+    attributes = getattr(preprocess, "__dict__", None)
+    if attributes is None:
+        return None
+    # nn.Module-based transforms keep hooks and the training flag beside their settings.
+    settings = {k: v for k, v in attributes.items() if not k.startswith("_") and k != "training"}
+    inner = preprocess_key(settings, _depth + 1)
+    return None if inner is None else f"{type(preprocess).__module__}.{type(preprocess).__qualname__}{inner}"
+
+
+@dataclass
+class FeatureJob:
+    """One model of a shared pass and the cache entry its features go to (None: kept in memory)."""
+
+    model: ModelAdapter
+    entry: FeatureEntry | None = None
+
+
 @torch.inference_mode()
-def extract_features(
-    model: ModelAdapter,
+def extract_features(model: ModelAdapter, dataset: Dataset, entry: FeatureEntry | None = None,
+                     **options) -> np.ndarray | None:
+    """Encode every image of ``dataset`` (which yields PIL images) with ``model``; return float32
+    (n, dim). ``options`` are those of :func:`extract_shared`, which this is with one job."""
+    return extract_shared([FeatureJob(model, entry)], dataset, **options)[0]
+
+
+class _ShardWriter:
+    """One job's encoded rows, cut into the shards this rank owns as they fill up: each shard is
+    written to the entry (rank 0) or held (other ranks, and without an entry)."""
+
+    def __init__(self, job: FeatureJob, mine: list[int], n: int, shard_size: int):
+        self.job, self.n, self.shard_size = job, n, shard_size
+        self.shards = iter(mine)
+        self.current = next(self.shards, None)
+        self.buffer: list[np.ndarray] = []
+        self.held: dict[int, np.ndarray] = {}
+
+    def add(self, encoded: np.ndarray) -> None:
+        self.buffer.append(encoded)
+        while self.current is not None:
+            want = min(self.n, (self.current + 1) * self.shard_size) - self.current * self.shard_size
+            if sum(len(b) for b in self.buffer) < want:
+                break
+            merged = np.concatenate(self.buffer)
+            self.buffer = [merged[want:]] if len(merged) > want else []
+            self.store(self.current, merged[:want])
+            self.current = next(self.shards, None)
+
+    def store(self, shard: int, features: np.ndarray) -> None:
+        entry = self.job.entry
+        if entry is not None and distributed.is_main():
+            if not entry.has_shard(shard):  # a resumed entry keeps the shards it has
+                entry.write_shard(shard, features)
+        else:
+            self.held[shard] = features
+
+
+@torch.inference_mode()
+def extract_shared(
+    jobs: list[FeatureJob],
     dataset: Dataset,
     batch_size: int = 64,
     workers: int = 0,
     desc: str = "features",
     progress: bool = True,
-    entry: FeatureEntry | None = None,
     precision: str = "fp32",
     on_bad_image: str = "error",
     shard_size: int = 4096,
-) -> np.ndarray | None:
-    """Encode every image of ``dataset`` (which yields PIL images); return float32 (n, dim).
+) -> list[np.ndarray | None]:
+    """Encode every image of ``dataset`` (which yields PIL images) with each job's model, reading
+    and preprocessing each image once; return float32 (n, dim) per job.
 
-    Rows are encoded in shards. With a cache ``entry``, each shard is written as it completes,
-    shards already on disk are not recomputed, and the entry is marked complete at the end. Under
-    torchrun the missing shards are dealt out to the ranks and gathered on rank 0; the other
+    Every model must have the same preprocessing (the first one's is applied; see
+    :func:`preprocess_key`) and device. Each batch is decoded once, then encoded by each model in
+    turn, so every model is in memory during the pass: the measured choice against decoding once
+    into a buffer and encoding one model at a time (as fast or faster, see BENCHMARKS.md,
+    "Checkpoint sweeps"). Memory: the models (``evalbench.cohort`` bounds their weights), one
+    batch of pixels, and per model the rows of one unfinished shard.
+
+    Rows are encoded in shards. With a cache entry, each shard is written as it completes,
+    shards already on disk are not recomputed (a shard missing from any job's entry is encoded
+    for all, and written where it is missing), and the entry is marked complete at the end.
+    Under torchrun the missing shards are dealt out to the ranks and gathered on rank 0; the other
     ranks return None. An undecodable image raises EvalbenchError naming it, or with
     ``on_bad_image="skip"`` gets a row of NaN (which the runners leave out and count).
     """
     n = len(dataset)
-    if entry is not None:
-        shard_size = entry.shard_size
+    entries = [job.entry for job in jobs if job.entry is not None]
+    if entries:
+        shard_size = entries[0].shard_size
+        if any(e.shard_size != shard_size for e in entries):
+            raise ValueError("extract_shared: the entries of one pass must have the same shard size")
     n_shards = (n + shard_size - 1) // shard_size
-    todo = distributed.broadcast([i for i in range(n_shards) if entry is None or not entry.has_shard(i)])
+    todo = distributed.broadcast([i for i in range(n_shards)
+                                  if len(entries) < len(jobs) or not all(e.has_shard(i) for e in entries)])
     mine = todo[distributed.rank() :: distributed.world_size()]
     rows = [r for i in mine for r in range(i * shard_size, min(n, (i + 1) * shard_size))]
-    if entry is not None and distributed.is_main():
-        entry.begin(n)
+    if distributed.is_main():
+        for entry in entries:
+            entry.begin(n)
         if len(todo) < n_shards:
             log.info("%s: resuming, %d of %d shards cached", desc, n_shards - len(todo), n_shards)
+    first = jobs[0].model
     loader = DataLoader(
-        Subset(Preprocessed(dataset, model.preprocess), rows),
+        Subset(Preprocessed(dataset, first.preprocess), rows),
         batch_size=batch_size,
         num_workers=workers,
-        pin_memory=model.device.type == "cuda",
+        pin_memory=first.device.type == "cuda",
     )
-    encode = Encoder(model, precision)
-    out: np.ndarray | None = None  # rank 0's result, filled shard by shard: one copy in memory
-    held: dict[int, np.ndarray] = {}  # shards this rank keeps for rank 0 (or for itself, uncached)
-
-    def store(shard: int, features: np.ndarray) -> None:
-        if entry is not None and distributed.is_main():
-            entry.write_shard(shard, features)
-        else:
-            held[shard] = features
-
-    buffer: list[np.ndarray] = []
-    shard_iter = iter(mine)
-    current = next(shard_iter, None)
-    with tqdm(total=len(rows), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    encoders = [Encoder(job.model, precision) for job in jobs]
+    writers = [_ShardWriter(job, mine, n, shard_size) for job in jobs]
+    label = desc if len(jobs) == 1 else f"{desc} ({len(jobs)} models)"
+    with tqdm(total=len(rows), desc=label, unit="img", disable=not progress, leave=False) as bar:
         for pixels, errors in loader:
-            encoded = encode(pixels)
             bad = [i for i, e in enumerate(errors) if e]
             if bad and on_bad_image == "error":
                 raise EvalbenchError(f"{errors[bad[0]]}; pass --on-bad-image skip to leave such images out")
-            encoded[bad] = np.nan
-            buffer.append(encoded)
+            for encode, writer in zip(encoders, writers):
+                encoded = encode(pixels)
+                encoded[bad] = np.nan
+                writer.add(encoded)
             bar.update(len(pixels))
-            # Store every shard the buffer now covers.
-            while current is not None:
-                want = min(n, (current + 1) * shard_size) - current * shard_size
-                if sum(len(b) for b in buffer) < want:
-                    break
-                merged = np.concatenate(buffer)
-                buffer = [merged[want:]] if len(merged) > want else []
-                store(current, merged[:want])
-                current = next(shard_iter, None)
-    gathered = distributed.gather(held)
+    gathered = distributed.gather([w.held for w in writers])
     if not distributed.is_main():
-        return None
-    for part in gathered:
+        return [None] * len(jobs)
+    return [_assemble(job, [part[j] for part in gathered], n, shard_size) for j, job in enumerate(jobs)]
+
+
+def _assemble(job: FeatureJob, parts: list[dict[int, np.ndarray]], n: int, shard_size: int) -> np.ndarray:
+    """Rank 0: one job's shards from every rank into its entry (then read back whole), or into
+    one array without an entry."""
+    entry, out = job.entry, None
+    for part in parts:
         for shard, features in part.items():
             if entry is not None:
-                entry.write_shard(shard, features)
+                if not entry.has_shard(shard):
+                    entry.write_shard(shard, features)
             else:
                 if out is None:
                     out = np.empty((n, features.shape[1]), dtype=np.float32)

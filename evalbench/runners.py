@@ -20,7 +20,7 @@ from evalbench.cache import FeatureCache, array_digest
 from evalbench.config import RunConfig
 from evalbench.data import Rows, TaskData, load_task_data
 from evalbench.errors import EvalbenchError, MissingSplitError
-from evalbench.features import autocast, extract_features
+from evalbench.features import FeatureJob, autocast, extract_shared
 from evalbench.association import association_metrics, cue_prompt
 from evalbench.metrics import GROUP_METRICS, classification_metrics
 from evalbench.models import LazyModel
@@ -122,28 +122,46 @@ def split_features(model: LazyModel, split: SplitData, rows: np.ndarray, fingerp
                    config: RunConfig, task: Task) -> np.ndarray | None:
     """Image features of rows ``rows`` (sorted, unique) of one source split, read from the
     cache when a complete entry exists, else encoded (and cached shard by shard). None on
-    torchrun ranks other than 0, whose share went to rank 0."""
+    torchrun ranks other than 0, whose share went to rank 0.
+
+    With a cache, the later models of the run (``model.cohort``) that want the same task results
+    and preprocess images the same way are encoded in the same pass into their own entries, so
+    the split is decoded once for all of them. Under ``--no-cache`` each model has its own pass.
+    """
     cache = FeatureCache(config.cache_dir if config.use_cache else None, config.cache_dtype, config.shard_size)
-    meta = {"model": model.spec.name, "task": task.name, "split": split_name}
-    entry = cache.features(feature_key(model, fingerprint, split_name, rows, config.precision), meta)
+
+    def entry_of(m: LazyModel):
+        meta = {"model": m.spec.name, "task": task.name, "split": split_name}
+        return cache.features(feature_key(m, fingerprint, split_name, rows, config.precision), meta)
+
+    entry = entry_of(model)
     if distributed.broadcast(entry is not None and entry.complete()):
         return entry.load(len(rows)) if distributed.is_main() else None
     model.get()
     # Keyed again once loaded: loading may resolve the weights anew (a hub commit just
     # downloaded), and the features must be filed under what was actually loaded.
-    entry = cache.features(feature_key(model, fingerprint, split_name, rows, config.precision), meta)
-    return extract_features(
-        model.get(),
+    jobs = [FeatureJob(model.get(), entry_of(model))]
+    if cache.root is not None and model.cohort is not None:
+        candidates = [m for m in model.cohort.after(model, task.name)
+                      if not distributed.broadcast(entry_of(m).complete())]
+        for peer in model.cohort.load_peers(model, candidates):
+            peer_entry = entry_of(peer)
+            if not distributed.broadcast(peer_entry.complete()):
+                jobs.append(FeatureJob(peer.get(), peer_entry))
+        if len(jobs) > 1:
+            log.info("%s/%s: one pass for %d models with the same preprocessing: %s", task.name, split_name,
+                     len(jobs), ", ".join(getattr(j.model.spec, "name", "?") for j in jobs))
+    return extract_shared(
+        jobs,
         Rows(split, rows),
         batch_size=config.batch_size,
         workers=config.workers,
         desc=f"{task.name}/{split_name}",
         progress=config.progress,
-        entry=entry,
         precision=config.precision,
         on_bad_image=config.on_bad_image,
         shard_size=config.shard_size,
-    )
+    )[0]
 
 
 def _features(model: LazyModel, data: TaskData, config: RunConfig, task: Task) -> tuple[dict, dict, dict]:

@@ -184,7 +184,7 @@ class Counts:
         import evalbench.runners as runners
 
         self.features = self.classifiers = 0
-        extract, build = runners.extract_features, runners.build_zeroshot_classifier
+        extract, build = runners.extract_shared, runners.build_zeroshot_classifier
 
         def counted_extract(*args, **kwargs):
             self.features += 1
@@ -194,7 +194,7 @@ class Counts:
             self.classifiers += 1
             return build(*args, **kwargs)
 
-        monkeypatch.setattr(runners, "extract_features", counted_extract)
+        monkeypatch.setattr(runners, "extract_shared", counted_extract)
         monkeypatch.setattr(runners, "build_zeroshot_classifier", counted_build)
 
     def take(self) -> tuple[int, int]:

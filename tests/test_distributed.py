@@ -46,3 +46,31 @@ def test_two_ranks_match_one_process(tmp_path, tiny_arch, task_dir):
     assert len(shards2) == len(shards1) > 2
     for a, b in zip(sorted(shards1, key=lambda p: (p.parent.name, p.name)), sorted(shards2, key=lambda p: (p.parent.name, p.name))):
         np.testing.assert_allclose(np.load(a), np.load(b), rtol=1e-5, atol=1e-6)
+
+
+def test_two_ranks_share_one_pass_between_two_models(tmp_path, task_dir):
+    """Two models with the same preprocessing under torchrun: one pass per split, each rank
+    encoding its shards with both models, and the records equal a one-process run's."""
+    common = ["--model", "demo-final", "--model", "demo-early", "--tasks", "colours-folder", "--tasks-dir",
+              str(task_dir), "--no-progress", "--batch-size", "3"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "EVALBENCH_SHARD_SIZE": "4",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29519",
+           "-m", "evalbench", "run", *common, "--results-dir", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "c2")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("one pass for 2 models") == 3, done.stderr[-3000:]  # train, val, test; rank 0 logs
+
+    os.environ["EVALBENCH_SHARD_SIZE"] = "4"
+    try:
+        for model in ("demo-final", "demo-early"):  # each alone, in one process
+            args = [a for a in common if a not in ("demo-final", "demo-early", "--model")]
+            assert main(["run", "--model", model, *args, "--results-dir", str(tmp_path / "one"),
+                         "--cache-dir", str(tmp_path / f"c1-{model}")]) == 0
+    finally:
+        del os.environ["EVALBENCH_SHARD_SIZE"]
+    for model in ("demo-final", "demo-early"):
+        two = read_record(tmp_path / "two" / model / "colours-folder.json")
+        one = read_record(tmp_path / "one" / model / "colours-folder.json")
+        assert two["provenance"]["world_size"] == 2
+        assert _metrics(two) == _metrics(one)

@@ -119,6 +119,8 @@ class LazyModel:
         self.fingerprint = model_fingerprint(spec)
         self.code_version = code_version(spec)
         self._model: ModelAdapter | None = None
+        # The run's other models, for passes over the data shared with them (evalbench.cohort).
+        self.cohort = None
 
     @property
     def loaded(self) -> bool:
@@ -138,7 +140,8 @@ class LazyModel:
         return self._model
 
     def release(self) -> None:
-        """Drop the loaded adapter, so that a sweep holds one model's weights at a time."""
+        """Drop the loaded adapter: a sweep keeps only the models still to be evaluated (some of them
+        loaded early by a shared data pass, see :mod:`evalbench.cohort`)."""
         self._model = None
 
     @functools.cached_property
