@@ -97,15 +97,22 @@ def pending_modes(record: Record | None, model: LazyModel, task: Task, config: R
     return [m for m in task_keys(task, config) if m not in record.results]
 
 
-def _provenance(device: torch.device, config: RunConfig, started: float, model: LazyModel) -> dict:
-    from importlib.metadata import version
+def provenance(device: torch.device, config: RunConfig, started: float, **extra) -> dict:
+    """A record's ``provenance``: precision, library versions, device, world size, seed, time and
+    duration since ``started``, with ``extra`` fields of the writer (``model_loaded`` for runs,
+    ``evaluator`` for the in-training evaluator)."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        open_clip = version("open_clip_torch")  # without importing it (3 s) on cached reruns
+    except PackageNotFoundError:
+        open_clip = None
     return {
         "precision": config.precision,
-        "model_loaded": model.loaded,
+        **extra,
         "evalbench": evalbench.__version__,
         "torch": torch.__version__,
-        "open_clip": version("open_clip_torch"),  # without importing it (3 s) on cached reruns
+        "open_clip": open_clip,
         "python": platform.python_version(),
         "device": str(device),
         "world_size": distributed.world_size(),
@@ -240,7 +247,7 @@ def evaluate_one(model: LazyModel, task: Task, config: RunConfig, skipped: list[
                 "config": task.resolved,
             },
             results={**keep, **results},
-            provenance=_provenance(model.device, config, started, model),
+            provenance=provenance(model.device, config, started, model_loaded=model.loaded),
         )
         write_record(path, record)
     return path

@@ -30,18 +30,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import platform
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import evalbench
 from evalbench import distributed
+from evalbench.api import provenance
 from evalbench.config import make_config
 from evalbench.data import Rows, TaskData, load_task_data
 from evalbench.errors import EvalbenchError
@@ -350,7 +348,8 @@ class Evaluator:
             task={"name": task.name, "version": task.spec.version, "hash": task.hash,
                   "main_metric": task.spec.main_metric, "limit": config.limit, "config": task.resolved},
             results=results,
-            provenance=_provenance(adapter.device, config, started, self.storage),
+            provenance=provenance(adapter.device, config, started,
+                                  evaluator={"storage": self.storage, "batch_size": config.batch_size}),
         )
         write_record(record_path(self.results_dir, slug, task.name), record)
 
@@ -381,25 +380,3 @@ def _eval_mode(module):
     finally:
         for m, training in modes:
             m.training = training
-
-
-def _provenance(device: torch.device, config, started: float, storage: str) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        open_clip = version("open_clip_torch")
-    except PackageNotFoundError:
-        open_clip = None
-    return {
-        "precision": config.precision,
-        "evaluator": {"storage": storage, "batch_size": config.batch_size},
-        "evalbench": evalbench.__version__,
-        "torch": torch.__version__,
-        "open_clip": open_clip,
-        "python": platform.python_version(),
-        "device": str(device),
-        "world_size": distributed.world_size(),
-        "seed": config.seed,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "duration_s": round(time.perf_counter() - started, 3),
-    }
