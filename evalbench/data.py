@@ -227,9 +227,18 @@ def seeded_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
 
 
 def _split_off(indices: np.ndarray, labels: np.ndarray, val: ValFraction) -> tuple[np.ndarray, np.ndarray]:
+    """Carve ``val.fraction`` of the train rows out as validation rows, stratified by label when
+    every class has two images and both parts can hold one of each class; otherwise (tiny
+    ``--limit`` runs, many classes) a plain seeded split, with a warning."""
     stratify = None
-    if labels.ndim == 1 and np.unique(labels, return_counts=True)[1].min() >= 2:
-        stratify = labels
+    if labels.ndim == 1:
+        classes, counts = np.unique(labels, return_counts=True)
+        held = int(np.ceil(val.fraction * len(indices)))
+        if counts.min() >= 2 and min(held, len(indices) - held) >= len(classes):
+            stratify = labels
+        else:
+            log.warning("val fraction %.2g of %d images cannot hold every one of %d classes: split unstratified",
+                        val.fraction, len(indices), len(classes))
     train, held = train_test_split(indices, test_size=val.fraction, random_state=val.seed, stratify=stratify)
     return np.sort(train), np.sort(held)
 

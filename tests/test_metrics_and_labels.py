@@ -270,3 +270,20 @@ def test_index_order_check_on_real_imagenet_names(tmp_path):
     swapped = lemmas[:500] + [lemmas[501], lemmas[500]] + lemmas[502:]
     with pytest.raises(EvalbenchError, match=r"label 500 of the data"):
         label_mapping(task, clip, swapped, 1000)
+
+
+def test_val_fraction_too_small_for_every_class_splits_unstratified(caplog):
+    """20 images of 10 classes: a 0.2 val fraction (4 images) cannot hold each class, which
+    scikit-learn's stratified split refuses; the split falls back to a seeded plain one, warned."""
+    from evalbench.data import _split_off
+    from evalbench.tasks.spec import ValFraction
+
+    indices, labels = np.arange(100, 120), np.repeat(np.arange(10), 2)
+    with caplog.at_level("WARNING", logger="evalbench.data"):
+        train, held = _split_off(indices, labels, ValFraction(fraction=0.2, seed=1))
+    assert len(held) == 4 and len(train) == 16
+    assert sorted(np.concatenate([train, held])) == list(indices)
+    assert "unstratified" in caplog.text
+    # With room for every class, the split stays stratified: each class twice in the 20 held rows.
+    train, held = _split_off(np.arange(100), np.repeat(np.arange(10), 10), ValFraction(fraction=0.2))
+    assert sorted(np.bincount(np.repeat(np.arange(10), 10)[held])) == [2] * 10
