@@ -93,7 +93,8 @@ def pending_modes(record: Record | None, model: LazyModel, task: Task, config: R
     mismatch = record_mismatch(record, model, task, config)
     if mismatch:
         path = record_path(config.results_dir, model.spec.slug, task.name)
-        raise EvalbenchError(f"{path}: holds results for {', '.join(mismatch)}; pass --overwrite to replace them")
+        hint = " (or name this model apart with NAME=SPEC)" if record.model.spec != model.spec.spec else ""
+        raise EvalbenchError(f"{path}: holds results for {', '.join(mismatch)}; pass --overwrite to replace them{hint}")
     return [m for m in task_keys(task, config) if m not in record.results]
 
 

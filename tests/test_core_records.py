@@ -190,6 +190,16 @@ def test_changed_task_needs_overwrite(tmp_path, capsys, folder_task, tiny_arch, 
     assert new["task"]["config"]["templates"] == data["templates"]
 
 
+def test_same_name_other_spec_suggests_a_name(tmp_path, capsys, folder_task, tiny_arch, checkpoint, cache_dir):
+    """Two sweeps whose checkpoints share a file stem land on one record name: the error says
+    to name the second apart (NAME=SPEC) as well as --overwrite; a changed task does not."""
+    results = tmp_path / "results"
+    assert run(capsys, results, cache_dir, f"tiny={tiny_arch}@{checkpoint}", folder_task, "--mode", "zeroshot")[0] == 0
+    other = save_weights(tiny_arch, tmp_path / "other.pt", seed=3)
+    rc, err = run(capsys, results, cache_dir, f"tiny={tiny_arch}@{other}", folder_task, "--mode", "zeroshot")
+    assert rc == 2 and "NAME=SPEC" in err and "--overwrite" in err, err
+
+
 def test_changed_weights_at_the_same_path_are_not_silently_reused(tmp_path, capsys, folder_task, tiny_arch, cache_dir):
     results = tmp_path / "results"
     ckpt = save_weights(tiny_arch, tmp_path / "latest.pt", seed=1)
