@@ -27,14 +27,18 @@ from evalbench.models import LazyModel
 log = logging.getLogger(__name__)
 
 
-def pass_memory_budget() -> int:
-    """Bytes of model weights one shared pass may hold: a quarter of the machine's memory. The
-    models beyond it get a pass of their own (on their own turn, shared with the models after
-    them), so a sweep of any length holds at most this much (plus one model) at once."""
+def pass_memory_budget(device: torch.device | None = None) -> int:
+    """Bytes of model weights one shared pass may hold: a quarter of the machine's memory, and on
+    a CUDA device at most a quarter of that GPU's memory (the rest is for activations). The models
+    beyond it get a pass of their own (on their own turn, shared with the models after them), so
+    a sweep of any length holds at most this much (plus one model) at once."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+        budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
     except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
+        budget = 8 * 2**30
+    if device is not None and device.type == "cuda":
+        budget = min(budget, torch.cuda.get_device_properties(device).total_memory // 4)
+    return budget
 
 
 def weights_bytes(adapter) -> int:
@@ -79,7 +83,7 @@ class Cohort:
         if key is None or not candidates:
             return []
         loaded = []
-        held, budget = weights_bytes(model.get()), pass_memory_budget()
+        held, budget = weights_bytes(model.get()), pass_memory_budget(model.device)
         for peer in candidates:
             if id(peer) in self.preprocessing and self.preprocessing[id(peer)] != key:
                 continue  # known to differ: not loaded again to find out

@@ -231,7 +231,7 @@ def test_a_pass_holds_models_within_the_memory_budget(tmp_path, task_dir, checkp
 
     one = cohort.weights_bytes(LazyModel(parse_model_spec("demo-final"), torch.device("cpu")).get())
     assert one > 0
-    monkeypatch.setattr(cohort, "pass_memory_budget", lambda: int(one * 1.5))
+    monkeypatch.setattr(cohort, "pass_memory_budget", lambda device=None: int(one * 1.5))
     assert _run(tmp_path / "one", task_dir, ["demo-final"], "--mode", "zeroshot") == 0
     single = len(decodes)
     decodes.clear()
