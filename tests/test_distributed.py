@@ -17,14 +17,20 @@ def _metrics(record: dict) -> dict:
     return {m: {k: v for k, v in r.items() if k != "duration_s"} for m, r in record["results"].items()}
 
 
+def _torchrun_two_ranks(run_args: list[str], tmp_path, port: int) -> subprocess.CompletedProcess:
+    """``evalbench run RUN_ARGS`` on two CPU ranks (shards of 4 images), writing results to
+    ``tmp_path/two`` and the cache to ``tmp_path/c2``."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "EVALBENCH_SHARD_SIZE": "4",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+           "-m", "evalbench", "run", *run_args, "--results-dir", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "c2")]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_two_ranks_match_one_process(tmp_path, tiny_arch, task_dir):
     common = ["--model", f"tiny={tiny_arch}", "--tasks", "colours-folder,colours-hf", "--tasks-dir", str(task_dir),
               "--no-progress", "--batch-size", "4"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "EVALBENCH_SHARD_SIZE": "4",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-           "-m", "evalbench", "run", *common, "--results-dir", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "c2")]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = _torchrun_two_ranks(common, tmp_path, port=29517)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("### zeroshot (main score") == 1, "only rank 0 prints the table"
 
@@ -53,11 +59,7 @@ def test_two_ranks_share_one_pass_between_two_models(tmp_path, task_dir):
     encoding its shards with both models, and the records equal a one-process run's."""
     common = ["--model", "demo-final", "--model", "demo-early", "--tasks", "colours-folder", "--tasks-dir",
               str(task_dir), "--no-progress", "--batch-size", "3"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "EVALBENCH_SHARD_SIZE": "4",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29519",
-           "-m", "evalbench", "run", *common, "--results-dir", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "c2")]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = _torchrun_two_ranks(common, tmp_path, port=29519)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("one pass for 2 models") == 3, done.stderr[-3000:]  # train, val, test; rank 0 logs
 
